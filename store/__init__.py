@@ -1,0 +1,1 @@
+"""The prediction store: how versions of candidate lists live in Redis."""

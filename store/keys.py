@@ -1,0 +1,51 @@
+"""Every Redis key tandem uses is built here, from one prefix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tandem.ids import check_id, check_store, check_version
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Key builder for one key prefix (tests use a fresh prefix each)."""
+
+    prefix: str
+
+    def version_base(self, store: str) -> str:
+        """What precedes the version number in a store's version keys (used by Lua)."""
+        return f"{self.prefix}:{check_store(store)}:v"
+
+    def entity(self, store: str, version: int, entity_id: str) -> str:
+        """Where one entity's candidate list of one version lives."""
+        check_id(entity_id, "entity_id")
+        return f"{self.version_base(store)}{check_version(version)}:e:{entity_id}"
+
+    def entity_unchecked(self, base: str, entity_id: str) -> str:
+        """Hot-path form of :meth:`entity` for ids validated at their entry point."""
+        return f"{base}:e:{entity_id}"
+
+    def version_root(self, store: str, version: int) -> str:
+        """The part every key of one version starts with."""
+        return f"{self.version_base(store)}{check_version(version)}"
+
+    def version_pattern(self, store: str, version: int) -> str:
+        """SCAN pattern matching every key of one version."""
+        return f"{self.version_root(store, version)}:*"
+
+    def progress(self, store: str, version: int) -> str:
+        """Hash of per-partition write progress; its presence marks a materialized version."""
+        return f"{self.version_root(store, version)}:progress"
+
+    def live(self, store: str) -> str:
+        """The live version pointer."""
+        return f"{self.prefix}:{check_store(store)}:live"
+
+    def backup(self, store: str) -> str:
+        """The version that was live before the current one (the rollback target)."""
+        return f"{self.prefix}:{check_store(store)}:backup"
+
+    def registry(self, store: str) -> str:
+        """Hash of version metadata, one field per version."""
+        return f"{self.prefix}:{check_store(store)}:versions"

@@ -1,0 +1,100 @@
+"""Versioned writes: a version's entities in pipelined batches, with their bookkeeping."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from redis.asyncio import Redis
+
+from store.codec import summarize
+from store.exceptions import ProgressConflict
+from store.keys import Keys
+from store.progress import PartitionProgress, record_stat
+from store.scripts import APPLY_BATCH
+from tandem.ids import check_id
+
+
+class VersionWriter:
+    """Writes one version of one store; every key gets the store's TTL.
+
+    Each batch and the partition's new progress are applied by one Lua script, only if the
+    stored progress is the one the caller started from: nothing is lost or counted twice when a
+    writer dies between its Redis write and its Kafka commit.
+    """
+
+    def __init__(self, redis: Redis, keys: Keys, store: str, version: int, ttl_s: int) -> None:
+        self._keys = keys
+        self._store = store
+        self._version = version
+        self._ttl_s = ttl_s
+        self._progress_key = keys.progress(store, version)
+        self._root = keys.version_root(store, version)
+        self._apply = redis.register_script(APPLY_BATCH)
+        self._redis = redis
+        self._direct: PartitionProgress | None = None
+
+    async def load(self, partition: int) -> PartitionProgress:
+        """The stored progress of ``partition``."""
+        raw = await self._redis.hget(self._progress_key, f"s:{partition}")
+        return PartitionProgress.from_json(raw)
+
+    async def load_all(self) -> dict[int, PartitionProgress]:
+        """The stored progress of every partition seen so far."""
+        raw = await self._redis.hgetall(self._progress_key)
+        fields = {(f.decode() if isinstance(f, bytes) else f): v for f, v in raw.items()}
+        return {
+            int(name[2:]): PartitionProgress.from_json(value)
+            for name, value in fields.items()
+            if name.startswith("s:")
+        }
+
+    async def apply(
+        self,
+        partition: int,
+        before: PartitionProgress,
+        after: PartitionProgress,
+        entries: list[tuple[str, bytes]],
+    ) -> None:
+        """Write ``entries`` and move ``partition`` from ``before`` to ``after``, atomically.
+
+        Raises :class:`ProgressConflict` (and writes nothing) when the stored progress is no
+        longer ``before``.
+        """
+        keys = [self._progress_key]
+        keys.extend(self._keys.entity_unchecked(self._root, entity) for entity, _ in entries)
+        args: list[bytes | str | int] = [
+            f"o:{partition}",
+            str(before.offset),
+            self._ttl_s,
+            str(after.offset),
+            f"s:{partition}",
+            after.to_json(),
+        ]
+        args.extend(value for _, value in entries)
+        applied, current = await self._apply(keys=keys, args=args)
+        if not applied:
+            raise ProgressConflict(
+                f"{self._root} partition {partition}: stored offset {current!r}, "
+                f"expected {before.offset}"
+            )
+
+    async def write(self, entries: list[tuple[str, bytes]]) -> PartitionProgress:
+        """Write a batch outside Kafka (tests, benchmarks, tools) as pseudo-partition 0."""
+        before = self._direct or await self.load(0)
+        stats = []
+        for entity, value in entries:
+            check_id(entity, "entity_id")
+            size, finite = summarize(value)
+            stats.append(record_stat(entity, value, size, finite))
+        after = before.with_records(stats, before.offset + len(entries))
+        await self.apply(0, before, after, entries)
+        self._direct = after
+        return after
+
+    async def seal(self) -> PartitionProgress:
+        """Mark a direct write complete, as an END_OF_PUSH would; returns the final progress."""
+        before = self._direct or await self.load(0)
+        after = replace(before, started=True, eop_count=before.count, eop_checksum=before.checksum)
+        await self.apply(0, before, after, [])
+        self._direct = after
+        return after

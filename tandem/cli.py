@@ -1,0 +1,105 @@
+"""The ``tandem`` command line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import click
+
+from tandem import dev
+from tandem.exceptions import ConfigError, TandemError
+from tandem.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class TandemGroup(click.Group):
+    """Turns tandem errors into one clear line and a non-zero exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        except TandemError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(1)
+
+
+def settings_of(ctx: click.Context) -> Settings:
+    """The settings built by the root command."""
+    settings: Settings = ctx.find_root().obj
+    return settings
+
+
+@click.group(cls=TandemGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--kafka", help="Kafka bootstrap servers [env TANDEM_KAFKA; 127.0.0.1:9092]")
+@click.option("--redis-url", help="Redis URL [env TANDEM_REDIS_URL; redis://127.0.0.1:6379/0]")
+@click.option("--prefix", "key_prefix", help="Redis key prefix [env TANDEM_KEY_PREFIX; tandem]")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.version_option(package_name="tandem")
+@click.pass_context
+def main(
+    ctx: click.Context,
+    kafka: str | None,
+    redis_url: str | None,
+    key_prefix: str | None,
+    verbose: int,
+) -> None:
+    """tandem: two-stage recommendation serving.
+
+    Batch predictions are published as versions on Kafka, materialized into Redis, validated
+    and flipped live atomically; the online API re-ranks them with fresh session context.
+    """
+    level = logging.WARNING - 10 * min(verbose + 1, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        ctx.obj = Settings.load(kafka=kafka, redis_url=redis_url, key_prefix=key_prefix)
+    except ConfigError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+
+
+@main.group("dev")
+def dev_group() -> None:
+    """The embedded development services (Tansu broker and redis-server)."""
+
+
+@dev_group.command("up")
+@click.pass_context
+def dev_up(ctx: click.Context) -> None:
+    """Start the broker and Redis unless they already answer; create tandem's topics."""
+    for service in dev.up(settings_of(ctx)):
+        click.echo(service.describe())
+
+
+@dev_group.command("status")
+@click.pass_context
+def dev_status(ctx: click.Context) -> None:
+    """Report whether the broker and Redis answer. Exit code 1 if either is down."""
+    services = dev.status(settings_of(ctx))
+    for service in services:
+        click.echo(service.describe())
+    if not all(s.answering for s in services):
+        sys.exit(1)
+
+
+@dev_group.command("down")
+@click.pass_context
+def dev_down(ctx: click.Context) -> None:
+    """Stop what `tandem dev up` started (nothing else)."""
+    stopped = dev.down(settings_of(ctx))
+    click.echo("stopped: " + (", ".join(stopped) if stopped else "nothing (tandem started none)"))
+
+
+def _register() -> None:
+    from benchmarks.cli import bench
+
+    for command in (bench,):
+        main.add_command(command)
+
+
+_register()

@@ -1,0 +1,179 @@
+"""The prediction store against the real Redis: writes, cutover, rollback, reads, retirement."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+from redis.asyncio import Redis
+
+from store.codec import encode
+from store.exceptions import PromoteConflict, RollbackRefused, StoreError
+from store.keys import Keys
+from store.lifecycle import Lifecycle
+from store.reader import StoreReader
+from store.registry import State
+from store.writer import VersionWriter
+
+pytestmark = pytest.mark.integration
+
+TTL_S = 3600
+
+
+def entries(version: int, n: int, size: int = 20) -> list[tuple[str, bytes]]:
+    """``n`` entities whose item ids name the version they belong to."""
+    return [
+        (
+            f"u{e}",
+            encode(
+                [f"v{version}-i{k}" for k in range(size)], [1.0 - k / size for k in range(size)]
+            ),
+        )
+        for e in range(n)
+    ]
+
+
+async def write_version(
+    redis: Redis, keys: Keys, version: int, n: int = 50, store: str = "u2i"
+) -> str:
+    writer = VersionWriter(redis, keys, store, version, TTL_S)
+    data = entries(version, n)
+    for start in range(0, n, 16):
+        await writer.write(data[start : start + 16])
+    final = await writer.seal()
+    return f"{final.checksum:016x}"
+
+
+async def test_write_promote_read(redis: Redis, keys: Keys) -> None:
+    lifecycle = Lifecycle(redis, keys)
+    reader = StoreReader(redis, keys)
+    await write_version(redis, keys, 1)
+    assert (await reader.read("u2i", "u1")).version is None
+    assert await lifecycle.promote("u2i", 1, expected=None) is None
+    got = await reader.read("u2i", "u3")
+    assert got.version == 1
+    assert got.item_ids[0] == "v1-i0"
+    assert got.scores[0] == pytest.approx(1.0)
+    missing = await reader.read("u2i", "nobody")
+    assert (missing.version, missing.item_ids) == (1, [])
+    info = await lifecycle.registry.get("u2i", 1)
+    assert info is not None
+    assert info.state is State.LIVE
+
+
+async def test_every_key_of_a_version_has_the_ttl(redis: Redis, keys: Keys) -> None:
+    await write_version(redis, keys, 7, n=40)
+    found = [key async for key in redis.scan_iter(match=keys.version_pattern("u2i", 7))]
+    assert len(found) == 41  # 40 entities and the progress hash
+    ttls = [await redis.ttl(key) for key in found]
+    assert all(0 < ttl <= TTL_S for ttl in ttls)
+
+
+async def test_checksum_independent_of_write_order(redis: Redis, keys: Keys) -> None:
+    data = entries(3, 60)
+    shuffled = data[:]
+    random.Random(1).shuffle(shuffled)
+    checksums = []
+    for version, rows in ((3, data), (4, shuffled)):
+        writer = VersionWriter(redis, keys, "u2i", version, TTL_S)
+        for start in range(0, len(rows), 7):
+            await writer.write(rows[start : start + 7])
+        checksums.append((await writer.seal()).checksum)
+    assert checksums[0] == checksums[1]
+
+
+async def test_stale_promote_changes_nothing(redis: Redis, keys: Keys) -> None:
+    lifecycle = Lifecycle(redis, keys)
+    for version in (1, 2, 3):
+        await write_version(redis, keys, version, n=5)
+    await lifecycle.promote("u2i", 1, expected=None)
+    await lifecycle.promote("u2i", 2, expected=1)
+    with pytest.raises(PromoteConflict) as err:
+        await lifecycle.promote("u2i", 3, expected=1)
+    assert err.value.actual == 2
+    assert await lifecycle.live("u2i") == 2
+    assert await lifecycle.backup("u2i") == 1
+    info = await lifecycle.registry.get("u2i", 3)
+    assert info is None or info.state is not State.LIVE
+
+
+async def test_promote_refuses_a_version_not_materialized(redis: Redis, keys: Keys) -> None:
+    with pytest.raises(StoreError, match="not materialized"):
+        await Lifecycle(redis, keys).promote("u2i", 99, expected=None)
+    assert await Lifecycle(redis, keys).live("u2i") is None
+
+
+async def test_rollback_and_its_refusals(redis: Redis, keys: Keys) -> None:
+    lifecycle = Lifecycle(redis, keys)
+    with pytest.raises(RollbackRefused, match="no backup"):
+        await lifecycle.rollback("u2i")
+    await write_version(redis, keys, 1, n=5)
+    await write_version(redis, keys, 2, n=5)
+    await lifecycle.promote("u2i", 1, expected=None)
+    await lifecycle.promote("u2i", 2, expected=1)
+    assert await lifecycle.rollback("u2i") == (2, 1)
+    assert await lifecycle.live("u2i") == 1
+    rolled = await lifecycle.registry.get("u2i", 2)
+    assert rolled is not None
+    assert rolled.state is State.ROLLED_BACK
+    with pytest.raises(RollbackRefused, match="no backup"):
+        await lifecycle.rollback("u2i")
+    await lifecycle.promote("u2i", 2, expected=1)
+    await lifecycle.drop("u2i", 1)
+    with pytest.raises(RollbackRefused, match="no longer materialized"):
+        await lifecycle.rollback("u2i")
+    assert await lifecycle.live("u2i") == 2
+
+
+async def test_reads_never_mix_versions_during_cutover(redis: Redis, keys: Keys) -> None:
+    lifecycle = Lifecycle(redis, keys)
+    reader = StoreReader(redis, keys)
+    await write_version(redis, keys, 1, n=30)
+    await write_version(redis, keys, 2, n=30)
+    await lifecycle.promote("u2i", 1, expected=None)
+    stop = asyncio.Event()
+    seen: set[int] = set()
+    reads = 0
+
+    async def read_forever() -> None:
+        nonlocal reads
+        while not stop.is_set():
+            version, found = await reader.read_many("u2i", [f"u{e}" for e in range(30)])
+            assert version is not None
+            seen.add(version)
+            for item_ids, _ in found.values():
+                assert {i.split("-")[0] for i in item_ids} == {f"v{version}"}
+            assert len(found) == 30
+            reads += 1
+
+    async def flip() -> None:
+        for _ in range(40):
+            await lifecycle.promote("u2i", 2, expected=1)
+            await asyncio.sleep(0)
+            await lifecycle.rollback("u2i")
+            await asyncio.sleep(0)
+        stop.set()
+
+    await asyncio.gather(read_forever(), read_forever(), flip())
+    assert seen == {1, 2}
+    assert reads > 40
+
+
+async def test_retire_keeps_live_backup_and_newest(redis: Redis, keys: Keys) -> None:
+    lifecycle = Lifecycle(redis, keys)
+    for version in range(1, 7):
+        await write_version(redis, keys, version, n=3)
+        await lifecycle.registry.update("u2i", version, State.INGESTED)
+    await lifecycle.promote("u2i", 2, expected=None)
+    await lifecycle.promote("u2i", 3, expected=2)
+    await lifecycle.registry.update("u2i", 7, State.INGESTING)
+    retired = await lifecycle.retire("u2i", keep=2)
+    assert retired == [4, 1]  # newest two (6, 5) kept; live 3 and backup 2 never retired
+    assert await lifecycle.is_materialized("u2i", 6)
+    assert await lifecycle.is_materialized("u2i", 2)
+    assert not await lifecycle.is_materialized("u2i", 1)
+    assert [k async for k in redis.scan_iter(match=keys.version_pattern("u2i", 1))] == []
+    info = await lifecycle.registry.get("u2i", 1)
+    assert info is not None
+    assert info.state is State.RETIRED

@@ -1,0 +1,69 @@
+"""`tandem dev up && tandem dev status && tandem dev down`, twice, on ports of its own."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tandem import devservices
+
+pytestmark = pytest.mark.integration
+
+
+def tandem(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tandem", *args], env=env, capture_output=True, text=True,
+        timeout=60, check=False,
+    )
+
+
+def test_dev_up_status_down_twice(tmp_path: Path) -> None:
+    kafka_port, redis_port = devservices.free_port(), devservices.free_port()
+    env = {
+        **os.environ,
+        "TANDEM_KAFKA": f"127.0.0.1:{kafka_port}",
+        "TANDEM_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "TANDEM_STATE_DIR": str(tmp_path / "state"),
+    }
+    for _ in range(2):
+        up = tandem(env, "dev", "up")
+        assert up.returncode == 0, up.stderr
+        assert "started by tandem" in up.stdout
+        again = tandem(env, "dev", "up")
+        assert again.returncode == 0, again.stderr
+        status = tandem(env, "dev", "status")
+        assert status.returncode == 0, status.stderr
+        assert status.stdout.count(" up ") == 2
+        assert devservices.redis_answers("127.0.0.1", redis_port)
+        down = tandem(env, "dev", "down")
+        assert down.returncode == 0, down.stderr
+        assert "broker" in down.stdout
+        assert "redis" in down.stdout
+        assert not devservices.redis_answers("127.0.0.1", redis_port)
+        after = tandem(env, "dev", "status")
+        assert after.returncode == 1
+        assert "DOWN" in after.stdout
+
+
+def test_redis_missing_says_how_to_get_it(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "PATH": str(tmp_path),
+        "TANDEM_KAFKA": f"127.0.0.1:{devservices.free_port()}",
+        "TANDEM_REDIS_URL": f"redis://127.0.0.1:{devservices.free_port()}/0",
+        "TANDEM_STATE_DIR": str(tmp_path / "state"),
+    }
+    result = tandem(env, "dev", "up")
+    assert result.returncode == 1
+    assert "apt-get install redis-server" in result.stderr
+
+
+def test_invalid_setting_fails_at_start_naming_the_variable(tmp_path: Path) -> None:
+    env = {**os.environ, "TANDEM_PARTITIONS": "many"}
+    result = tandem(env, "dev", "status")
+    assert result.returncode == 2
+    assert "TANDEM_PARTITIONS" in result.stderr

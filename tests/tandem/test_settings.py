@@ -1,0 +1,59 @@
+"""Settings come from TANDEM_* variables and fail at start naming the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from tandem.exceptions import ConfigError
+from tandem.settings import Settings, redact_url
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TANDEM_KAFKA", raising=False)
+    settings = Settings.load()
+    assert settings.kafka == "127.0.0.1:9092"
+    assert settings.redis_url.get_secret_value() == "redis://127.0.0.1:6379/0"
+    assert set(settings.stores) == {"u2i", "i2i", "popular"}
+
+
+def test_environment_and_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TANDEM_KAFKA", "k1:9093")
+    monkeypatch.setenv("TANDEM_STORES", '{"u2i": {"ttl_s": 600}, "geo": {}}')
+    settings = Settings.load(kafka=None)
+    assert settings.kafka == "k1:9093"
+    assert settings.policy("u2i").ttl_s == 600
+    assert settings.policy("geo").min_coverage == 0.9
+    assert Settings.load(kafka="other:1").kafka == "other:1"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("TANDEM_PARTITIONS", "zero"),
+        ("TANDEM_PARTITIONS", "0"),
+        ("TANDEM_KEY_PREFIX", "has space"),
+        ("TANDEM_STORES", '{"Bad Name": {}}'),
+        ("TANDEM_STORES", '{"u2i": {"ttl_s": 1}}'),
+    ],
+)
+def test_invalid_values_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as err:
+        Settings.load()
+    assert variable in str(err.value)
+
+
+def test_unknown_store_says_how_to_add_it() -> None:
+    with pytest.raises(ConfigError) as err:
+        Settings.load().policy("nope")
+    assert "TANDEM_STORES" in str(err.value)
+
+
+def test_secrets_do_not_leak_into_repr() -> None:
+    settings = Settings.load(redis_url="redis://:hunter2@h:6379/0", admin_token="t0ps3cret")
+    assert "hunter2" not in repr(settings)
+    assert "t0ps3cret" not in repr(settings)
+    assert settings.redis_url_redacted() == "redis://:***@h:6379/0"
+    assert redact_url("redis://u:pw@h:1/2") == "redis://u:***@h:1/2"
