@@ -26,7 +26,9 @@ def _report(name: str, command: str, body: str, write: Path | None) -> None:
 
 
 write_option = click.option(
-    "--write", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    "--write",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
     help=f"Also record the figures in this file (for example {RESULTS}).",
 )
 
@@ -45,5 +47,9 @@ def bench_store(ctx: click.Context, entities: int, reads: int, write: Path | Non
     """Store reads (live pointer + decode) vs raw GET; versioned writes vs pipelined SET."""
     with common.services(_settings(ctx), kafka=False) as settings:
         result = asyncio.run(store_bench.run(settings, entities, reads))
-    _report("store", f"tandem bench store --entities {entities} --reads {reads}",
-            result.markdown(), write)
+    _report(
+        "store",
+        f"tandem bench store --entities {entities} --reads {reads}",
+        result.markdown(),
+        write,
+    )

@@ -56,27 +56,31 @@ class StoreBenchResult:
 
     def markdown(self) -> str:
         """The RESULTS.md section."""
-        return "\n".join([
-            "## Store (`tandem bench store`)",
-            "",
-            f"Machine: {machine()}. {self.entities} entities of {ITEMS} items, "
-            f"{self.reads} sequential reads each way.",
-            "",
-            "| figure | tandem | baseline | ratio | target |",
-            "|---|---|---|---|---|",
-            f"| one-entity read p50 (µs) | {self.store_p50_us:.0f} (store read, decoded) | "
-            f"{self.raw_p50_us:.0f} (raw GET) | {self.read_ratio:.2f} | ≤ 1.3 |",
-            f"| one-entity read p99 (µs) | {self.store_p99_us:.0f} | {self.raw_p99_us:.0f} | "
-            f"{self.store_p99_us / self.raw_p99_us:.2f} | |",
-            f"| reads/s, 32 in flight | {self.store_reads_per_s:,.0f} | "
-            f"{self.raw_reads_per_s:,.0f} | {self.store_reads_per_s / self.raw_reads_per_s:.2f} |"
-            " |",
-            f"| writes/s | {self.writer_per_s:,.0f} (versioned writer) | "
-            f"{self.bare_set_per_s:,.0f} (bare pipelined SET) | {self.write_ratio:.2f} | ≥ 0.6 |",
-            f"| decode of a {ITEMS}-item list (µs) | {self.packed_decode_us:.1f} (packed, "
-            f"{self.packed_bytes} B) | {self.orjson_decode_us:.1f} (orjson, {self.orjson_bytes} B)"
-            f" | {self.packed_decode_us / self.orjson_decode_us:.2f} | < 1 |",
-        ])
+        return "\n".join(
+            [
+                "## Store (`tandem bench store`)",
+                "",
+                f"Machine: {machine()}. {self.entities} entities of {ITEMS} items, "
+                f"{self.reads} sequential reads each way.",
+                "",
+                "| figure | tandem | baseline | ratio | target |",
+                "|---|---|---|---|---|",
+                f"| one-entity read p50 (µs) | {self.store_p50_us:.0f} (store read, decoded) | "
+                f"{self.raw_p50_us:.0f} (raw GET) | {self.read_ratio:.2f} | ≤ 1.3 |",
+                f"| one-entity read p99 (µs) | {self.store_p99_us:.0f} | {self.raw_p99_us:.0f} | "
+                f"{self.store_p99_us / self.raw_p99_us:.2f} | |",
+                f"| reads/s, 32 in flight | {self.store_reads_per_s:,.0f} | "
+                f"{self.raw_reads_per_s:,.0f} | "
+                f"{self.store_reads_per_s / self.raw_reads_per_s:.2f} | |",
+                f"| writes/s | {self.writer_per_s:,.0f} (versioned writer) | "
+                f"{self.bare_set_per_s:,.0f} (bare pipelined SET) | "
+                f"{self.write_ratio:.2f} | ≥ 0.6 |",
+                f"| decode of a {ITEMS}-item list (µs) | {self.packed_decode_us:.1f} (packed, "
+                f"{self.packed_bytes} B) | {self.orjson_decode_us:.1f} "
+                f"(orjson, {self.orjson_bytes} B) | "
+                f"{self.packed_decode_us / self.orjson_decode_us:.2f} | < 1 |",
+            ]
+        )
 
 
 def _value(entity: int) -> tuple[list[str], list[float]]:
@@ -149,8 +153,8 @@ async def run(settings: Settings, entities: int = 20_000, reads: int = 5000) -> 
         reader = StoreReader(redis, keys)
         base = keys.version_root("u2i", 2)
 
-        async def raw_get(entity: str) -> bytes | None:
-            value: bytes | None = await redis.get(keys.entity_unchecked(base, entity))
+        async def raw_get(entity: str) -> bytes | str | None:
+            value: bytes | str | None = await redis.get(keys.entity_unchecked(base, entity))
             return value
 
         async def store_read(entity: str) -> object:
@@ -167,9 +171,18 @@ async def run(settings: Settings, entities: int = 20_000, reads: int = 5000) -> 
         await redis.aclose()
     packed_us, json_us, packed_b, json_b = _codec_figures()
     return StoreBenchResult(
-        entities, reads,
-        percentile(store_lat, 50), percentile(store_lat, 99),
-        percentile(raw_lat, 50), percentile(raw_lat, 99),
-        store_tput, raw_tput, writer_per_s, bare_per_s,
-        packed_us, json_us, packed_b, json_b,
+        entities,
+        reads,
+        percentile(store_lat, 50),
+        percentile(store_lat, 99),
+        percentile(raw_lat, 50),
+        percentile(raw_lat, 99),
+        store_tput,
+        raw_tput,
+        writer_per_s,
+        bare_per_s,
+        packed_us,
+        json_us,
+        packed_b,
+        json_b,
     )

@@ -10,6 +10,7 @@ new version. Either way an answer never mixes two versions.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 from redis.asyncio import Redis
 
@@ -29,7 +30,7 @@ class Candidates:
     scores: list[float]
 
 
-def _version(raw: bytes | None) -> int | None:
+def _version(raw: bytes | str | None) -> int | None:
     return None if raw is None else int(raw)
 
 
@@ -72,11 +73,12 @@ class StoreReader:
                 live_key, *(self._keys.entity_unchecked(root, e) for e in entity_ids)
             )
             if _version(reply[0]) == known:
-                return known, reply[1:]
+                return known, cast("list[bytes | None]", reply[1:])
         elif known is None and await self._redis.get(live_key) is None:
             return None, [None] * len(entity_ids)
-        reply = await self._script(keys=[live_key], args=[self._keys.version_base(store),
-                                                           *entity_ids])
+        reply = await self._script(
+            keys=[live_key], args=[self._keys.version_base(store), *entity_ids]
+        )
         version = _version(reply[0]) if reply else None
         self._known[store] = version
         if version is None:

@@ -53,4 +53,3 @@ local out = redis.call('MGET', unpack(keys))
 table.insert(out, 1, v)
 return out
 """
-

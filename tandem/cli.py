@@ -96,9 +96,11 @@ def dev_down(ctx: click.Context) -> None:
 
 
 def _register() -> None:
+    from batch.cli import publish
     from benchmarks.cli import bench
+    from consumers.cli import materialize, replay, versions
 
-    for command in (bench,):
+    for command in (bench, materialize, publish, replay, versions):
         main.add_command(command)
 
 

@@ -11,13 +11,18 @@ VERSIONS = "tandem.versions"
 DLQ = "tandem.dlq"
 
 VERSION_TOPIC_PREFIX = "tandem.store."
-VERSION_TOPIC_REGEX = r"^tandem\.store\.[a-z][a-z0-9_]{0,31}\.v[0-9]{1,20}$"
 _VERSION_TOPIC_RE = re.compile(r"tandem\.store\.([a-z][a-z0-9_]{0,31})\.v([0-9]{1,20})")
 
 
 def version_topic(store: str, version: int) -> str:
     """The topic that carries one version of one store."""
     return f"{VERSION_TOPIC_PREFIX}{check_store(store)}.v{check_version(version)}"
+
+
+def version_topic_regex(stores: list[str]) -> str:
+    """Subscription pattern matching the version topics of ``stores`` only."""
+    names = "|".join(re.escape(check_store(s)) for s in sorted(stores))
+    return rf"^tandem\.store\.({names})\.v[0-9]+$"
 
 
 def parse_version_topic(topic: str) -> tuple[str, int] | None:

@@ -16,8 +16,12 @@ pytestmark = pytest.mark.integration
 
 def tandem(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "tandem", *args], env=env, capture_output=True, text=True,
-        timeout=60, check=False,
+        [sys.executable, "-m", "tandem", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 

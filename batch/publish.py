@@ -1,0 +1,222 @@
+"""Publishing a store version: one Kafka topic per version, framed by control messages."""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka.cimpl import NewTopic
+
+from batch.exceptions import PushError
+from store.codec import encode
+from tandem import topics
+from tandem.announce import announce
+from tandem.checksum import combine, record_digest, to_hex
+from tandem.control import Control, EndOfPush, Headers, StartOfPush, control_headers, record_headers
+from tandem.exceptions import ServiceError
+from tandem.kafka import admin, create_topics, existing_topics, producer_config
+from tandem.schemas import CandidateList
+from tandem.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def allocate_version(now_s: float | None = None) -> int:
+    """A sortable version id: UTC ``YYYYMMDDhhmmss`` followed by milliseconds."""
+    now = time.time() if now_s is None else now_s
+    return int(time.strftime("%Y%m%d%H%M%S", time.gmtime(now))) * 1000 + int(now * 1000) % 1000
+
+
+def partition_of(entity_id: str, partitions: int) -> int:
+    """The partition an entity's record goes to (stable across runs and processes)."""
+    return zlib.crc32(entity_id.encode()) % partitions
+
+
+@dataclass
+class PushResult:
+    """What a push wrote."""
+
+    store: str
+    version: int
+    topic: str
+    partitions: int
+    counts: list[int]
+    checksums: list[int]
+    seconds: float = 0.0
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def count(self) -> int:
+        """Records in the version."""
+        return sum(self.counts)
+
+    @property
+    def checksum(self) -> str:
+        """The version's checksum (what the registry will show once it is ingested)."""
+        return to_hex(combine(*self.checksums))
+
+
+class _Deliveries:
+    """Collects the first delivery failure, naming the entity."""
+
+    def __init__(self) -> None:
+        self.error: str | None = None
+        self.delivered = 0
+
+    def __call__(self, err: KafkaError | None, msg: Message) -> None:
+        if err is None:
+            self.delivered += 1
+            return
+        if self.error is None:
+            key = (msg.key() or b"(control)").decode(errors="replace")
+            size = len(msg.value() or b"")
+            self.error = f"record {key!r} ({size} bytes) was not delivered: {err.str()}"
+
+
+class Publisher:
+    """Pushes versions of stores to Kafka with an idempotent, batching producer."""
+
+    def __init__(self, settings: Settings, **producer_overrides: Any) -> None:
+        self._settings = settings
+        self._admin = admin(settings)
+        self._producer = Producer(producer_config(settings, bulk=True, **producer_overrides))
+
+    def _create_topic(self, store: str, partitions: int) -> tuple[int, str]:
+        version = allocate_version()
+        have = existing_topics(self._admin)
+        while topics.version_topic(store, version) in have:
+            version += 1
+        topic = topics.version_topic(store, version)
+        create_topics(self._admin, [NewTopic(topic, partitions, self._settings.replication_factor)])
+        return version, topic
+
+    def _send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        partition: int,
+        headers: Headers,
+        report: _Deliveries,
+    ) -> None:
+        while True:
+            try:
+                self._producer.produce(
+                    topic,
+                    value=value,
+                    key=key,
+                    partition=partition,
+                    headers=headers,
+                    on_delivery=report,
+                )
+                return
+            except BufferError:
+                self._producer.poll(0.05)  # queue full: let deliveries drain
+            except KafkaException as e:
+                raise PushError(f"producing to {topic} failed: {e}") from e
+
+    def _flush(self, report: _Deliveries, what: str, timeout_s: float = 120.0) -> None:
+        if self._producer.flush(timeout_s) > 0:
+            raise PushError(f"{what}: the broker did not acknowledge every record in time")
+        if report.error is not None:
+            raise PushError(f"{what}: {report.error}")
+
+    def publish(
+        self,
+        store: str,
+        rows: Iterable[CandidateList],
+        *,
+        metadata: dict[str, Any] | None = None,
+        partitions: int | None = None,
+        on_record: Callable[[], object] | None = None,
+    ) -> PushResult:
+        """Push ``rows`` as a new version of ``store``; END_OF_PUSH only if all were delivered."""
+        self._settings.policy(store)
+        parts = partitions or self._settings.partitions
+        started = time.perf_counter()
+        version, topic = self._create_topic(store, parts)
+        result = PushResult(
+            store, version, topic, parts, [0] * parts, [0] * parts, metadata=metadata or {}
+        )
+        report = _Deliveries()
+        start = StartOfPush(parts, time.time_ns() // 1_000_000, result.metadata).encode()
+        sop_headers = control_headers(Control.START_OF_PUSH, store, version)
+        for partition in range(parts):
+            self._send(topic, None, start, partition, sop_headers, report)
+        log.info("push %s: started with %d partitions", topic, parts)
+        self._write_records(result, rows, report, on_record)
+        self._flush(report, f"push {topic}")
+        eop_headers = control_headers(Control.END_OF_PUSH, store, version)
+        for partition in range(parts):
+            end = EndOfPush(result.counts[partition], result.checksums[partition]).encode()
+            self._send(topic, None, end, partition, eop_headers, report)
+        announce(
+            self._producer,
+            store,
+            version,
+            "pushed",
+            topic=topic,
+            partitions=parts,
+            count=result.count,
+            checksum=result.checksum,
+            metadata=result.metadata,
+        )
+        self._flush(report, f"push {topic} (END_OF_PUSH)")
+        result.seconds = time.perf_counter() - started
+        log.info(
+            "push %s: %d records, checksum %s, %.1f s",
+            topic,
+            result.count,
+            result.checksum,
+            result.seconds,
+        )
+        return result
+
+    def _write_records(
+        self,
+        result: PushResult,
+        rows: Iterable[CandidateList],
+        report: _Deliveries,
+        on_record: Callable[[], object] | None,
+    ) -> None:
+        headers = record_headers(result.store, result.version)
+        limit = self._settings.max_record_bytes
+        seen: set[str] = set()
+        for row in rows:
+            if row.entity_id in seen:
+                raise PushError(f"entity {row.entity_id!r} appears twice in the input")
+            seen.add(row.entity_id)
+            value = encode(row.item_ids, row.scores)
+            if len(value) > limit:
+                raise PushError(
+                    f"entity {row.entity_id!r}: encoded record is {len(value)} bytes, over the "
+                    f"{limit}-byte limit (TANDEM_MAX_RECORD_BYTES); publish fewer candidates"
+                )
+            key = row.entity_id.encode()
+            partition = partition_of(row.entity_id, result.partitions)
+            self._send(result.topic, key, value, partition, headers, report)
+            result.counts[partition] += 1
+            result.checksums[partition] = combine(
+                result.checksums[partition], record_digest(key, value)
+            )
+            if report.error is not None:
+                raise PushError(f"push {result.topic}: {report.error}")
+            if on_record is not None:
+                on_record()
+            self._producer.poll(0)
+
+    def close(self) -> None:
+        """Deliver what is queued."""
+        if self._producer.flush(30) > 0:
+            raise ServiceError("the producer could not deliver every queued record")
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._producer.flush(30)

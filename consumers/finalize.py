@@ -1,0 +1,158 @@
+"""Deciding a version once every partition has ended: verify, gate, go live, retire."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from confluent_kafka import Producer
+from redis.asyncio import Redis
+
+from consumers.gates import VersionStats, evaluate, verify
+from consumers.metrics import LIVE_VERSION, VERSIONS
+from store.exceptions import PromoteConflict, StoreError
+from store.keys import Keys
+from store.lifecycle import Lifecycle
+from store.registry import State, VersionInfo
+from store.writer import VersionWriter
+from tandem.announce import announce
+from tandem.settings import Settings
+
+log = logging.getLogger(__name__)
+
+UNDECIDED = (State.PUSHED, State.INGESTING)
+
+
+def metrics_of(metadata: dict[str, Any]) -> dict[str, float]:
+    """The numeric offline metrics a version's metadata carries under ``metrics``."""
+    raw = metadata.get("metrics")
+    if not isinstance(raw, dict):
+        return {}
+    return {
+        str(k): float(v)
+        for k, v in raw.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+
+
+class Finalizer:
+    """Turns a fully written version into live, ingested or rejected."""
+
+    def __init__(self, redis: Redis, settings: Settings, announcer: Producer) -> None:
+        self._redis = redis
+        self._settings = settings
+        self._keys = Keys(settings.key_prefix)
+        self._announcer = announcer
+        self.lifecycle = Lifecycle(redis, self._keys)
+        self.registry = self.lifecycle.registry
+
+    async def pending(self) -> list[tuple[str, int]]:
+        """Versions of configured stores still waiting for a decision."""
+        found: list[tuple[str, int]] = []
+        for store in self._settings.stores:
+            found.extend(
+                (store, info.version)
+                for info in await self.registry.list(store)
+                if info.state in UNDECIDED
+            )
+        return found
+
+    async def check(self, store: str, version: int, *, cutover: bool) -> VersionInfo | None:
+        """Decide the version if all its partitions ended; None while it is still incomplete."""
+        info = await self.registry.get(store, version)
+        if info is None or info.state not in UNDECIDED:
+            return None
+        writer = VersionWriter(self._redis, self._keys, store, version, 0)
+        result = verify(await writer.load_all(), info.partitions)
+        if not result.complete:
+            return None
+        if result.reasons:
+            return await self._reject(
+                store, version, result.reasons, result.stats.count, result.checksum
+            )
+        stats = VersionStats(
+            result.stats.count,
+            result.stats.empty,
+            result.stats.nonfinite,
+            result.stats.dlq,
+            metrics_of(info.metadata),
+        )
+        info = await self.registry.update(
+            store, version, State.INGESTED, count=stats.count, checksum=result.checksum
+        )
+        self._announce(info)
+        log.info(
+            "%s v%s ingested: %d records, checksum %s", store, version, stats.count, result.checksum
+        )
+        return await self.gate(info, stats, cutover=cutover)
+
+    async def gate(self, info: VersionInfo, stats: VersionStats, *, cutover: bool) -> VersionInfo:
+        """Run the quality gates against the live version and, if asked, cut over."""
+        store, version = info.store, info.version
+        for _ in range(3):
+            live = await self.lifecycle.live(store)
+            if live is not None and live > version:
+                log.warning(
+                    "%s v%s is ingested but v%s, newer, is live: not gating or promoting it",
+                    store,
+                    version,
+                    live,
+                )
+                return info
+            live_info = None if live is None else await self.registry.get(store, live)
+            live_stats = (
+                None
+                if live_info is None
+                else VersionStats(live_info.count, metrics=metrics_of(live_info.metadata))
+            )
+            reasons = evaluate(stats, live_stats, self._settings.policy(store))
+            if reasons:
+                return await self._reject(store, version, reasons, stats.count, info.checksum)
+            if not cutover:
+                return info
+            try:
+                await self.lifecycle.promote(store, version, expected=live)
+            except PromoteConflict:
+                continue  # another version went live meanwhile: gate against it
+            return await self._after_promotion(store, version)
+        return info
+
+    async def _after_promotion(self, store: str, version: int) -> VersionInfo:
+        LIVE_VERSION.labels(store).set(version)
+        VERSIONS.labels(store, State.LIVE.value).inc()
+        for retired in await self.lifecycle.retire(
+            store, self._settings.policy(store).keep_versions
+        ):
+            retired_info = await self.registry.get(store, retired)
+            if retired_info is not None:
+                self._announce(retired_info)
+        info = await self.registry.get(store, version)
+        if info is None:
+            raise StoreError(f"{store} v{version} vanished from the registry after promotion")
+        self._announce(info)
+        return info
+
+    async def _reject(
+        self, store: str, version: int, reasons: list[str], count: int, checksum: str | None
+    ) -> VersionInfo:
+        info = await self.registry.update(
+            store, version, State.REJECTED, reasons=reasons, count=count, checksum=checksum
+        )
+        VERSIONS.labels(store, State.REJECTED.value).inc()
+        log.warning(
+            "%s v%s rejected, the live version stays: %s", store, version, "; ".join(reasons)
+        )
+        self._announce(info)
+        return info
+
+    def _announce(self, info: VersionInfo) -> None:
+        announce(
+            self._announcer,
+            info.store,
+            info.version,
+            info.state.value,
+            count=info.count,
+            checksum=info.checksum,
+            reasons=list(info.reasons),
+        )
+        self._announcer.poll(0)

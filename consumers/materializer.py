@@ -1,0 +1,140 @@
+"""The materializer: a consumer group that writes version topics into Redis and cuts over.
+
+Offsets are committed only after Redis holds the batch; the partition's progress is written in
+the same Lua call as the batch, so a crash or rebalance at any point neither loses a record nor
+counts one twice (re-delivered records are skipped by offset).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+
+from consumers.finalize import Finalizer
+from consumers.records import Record, split
+from consumers.sink import VersionSink
+from store.connect import connect
+from tandem import topics
+from tandem.exceptions import ConfigError
+from tandem.kafka import consumer_config, producer_config
+from tandem.settings import Settings
+
+log = logging.getLogger(__name__)
+
+GROUP = "tandem-materializer"
+
+
+@dataclass(frozen=True)
+class MaterializerOptions:
+    """How the materializer consumes."""
+
+    group: str = GROUP
+    batch_size: int = 2000
+    poll_timeout_s: float = 0.5
+    until_idle_s: float | None = None
+    cutover: bool = True
+
+
+class Materializer:
+    """Consumes every version topic and decides each version once it has been fully written."""
+
+    def __init__(self, settings: Settings, options: MaterializerOptions) -> None:
+        self._settings = settings
+        self._options = options
+        self._redis = connect(settings)
+        self._producer = Producer(producer_config(settings, bulk=False))
+        self._sink = VersionSink(self._redis, settings, self._producer, source="materializer")
+        self._finalizer = Finalizer(self._redis, settings, self._producer)
+        self._consumer = Consumer(consumer_config(settings, options.group))
+        self._assigned = False
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._assigned = True
+        log.info("assigned %s", [f"{p.topic}[{p.partition}]" for p in partitions])
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Every batch is applied and committed before the next poll, so nothing is buffered.
+        log.info("revoked %s", [f"{p.topic}[{p.partition}]" for p in partitions])
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Consume until ``stop`` is set (or, with ``until_idle_s``, until nothing arrives)."""
+        stop = stop or asyncio.Event()
+        self._consumer.subscribe(
+            [topics.version_topic_regex(list(self._settings.stores))],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+        )
+        await self._decide_pending()
+        last_activity = time.monotonic()
+        try:
+            while not stop.is_set():
+                messages = await asyncio.to_thread(
+                    self._consumer.consume, self._options.batch_size, self._options.poll_timeout_s
+                )
+                if await self._handle(messages):
+                    last_activity = time.monotonic()
+                elif self._idle(last_activity):
+                    await self._decide_pending()
+                    if not await self._finalizer.pending():
+                        log.info("idle for %.1f s: stopping", self._options.until_idle_s)
+                        return
+                    last_activity = time.monotonic()
+        finally:
+            await self.close()
+
+    def _idle(self, last_activity: float) -> bool:
+        idle_s = self._options.until_idle_s
+        if idle_s is None:
+            return False
+        waited = time.monotonic() - last_activity
+        # Before the first assignment, allow for the group join as well.
+        return waited > (idle_s if self._assigned else idle_s + 10)
+
+    async def _handle(self, messages: list[Message]) -> bool:
+        polled = split(messages)
+        for error in polled.errors:
+            log.warning("consumer error: %s", error.str())
+        if not polled.batches:
+            return False
+        finished = set()
+        for (topic, partition), batch in polled.batches.items():
+            parsed = topics.parse_version_topic(topic)
+            if parsed is None:
+                continue
+            store, version = parsed
+            progress = await self._sink.apply(store, version, partition, batch)
+            if progress.ended:
+                finished.add((store, version))
+        await asyncio.to_thread(self._commit, polled.batches)
+        for store, version in finished:
+            if await self._finalizer.check(store, version, cutover=self._options.cutover):
+                self._sink.forget(store, version)
+        return True
+
+    def _commit(self, batches: dict[tuple[str, int], list[Record]]) -> None:
+        offsets = [TopicPartition(t, p, batch[-1].offset + 1) for (t, p), batch in batches.items()]
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as e:
+            # Safe: Redis holds the progress, so re-delivered records will be skipped.
+            log.warning("offset commit failed (records will be skipped on re-delivery): %s", e)
+
+    async def _decide_pending(self) -> None:
+        for store, version in await self._finalizer.pending():
+            await self._finalizer.check(store, version, cutover=self._options.cutover)
+
+    async def close(self) -> None:
+        """Leave the group and release connections."""
+        await asyncio.to_thread(self._consumer.close)
+        self._producer.flush(10)
+        await self._redis.aclose()
+
+
+def check_options(options: MaterializerOptions) -> None:
+    """Refuse option values that cannot work."""
+    if options.batch_size < 1 or options.batch_size > 100_000:
+        raise ConfigError("--batch-size must be between 1 and 100000")

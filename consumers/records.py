@@ -1,0 +1,60 @@
+"""Kafka messages turned into plain records at the I/O boundary, grouped by partition."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaError, KafkaException, Message
+
+HeaderList = list[tuple[str, str | bytes | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One consumed message."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: HeaderList
+
+
+@dataclass
+class Polled:
+    """One poll's messages: records per (topic, partition), partitions at their end, errors."""
+
+    batches: dict[tuple[str, int], list[Record]] = field(default_factory=lambda: defaultdict(list))
+    at_end: set[tuple[str, int]] = field(default_factory=set)
+    errors: list[KafkaError] = field(default_factory=list)
+
+
+def _headers(msg: Message) -> HeaderList:
+    raw = msg.headers()
+    if raw is None:
+        return []
+    return list(raw.items()) if isinstance(raw, dict) else list(raw)
+
+
+def split(messages: Sequence[Message]) -> Polled:
+    """Sort a poll's messages; raises on a fatal client error."""
+    polled = Polled()
+    for msg in messages:
+        error = msg.error()
+        topic, partition, offset = msg.topic() or "", msg.partition(), msg.offset()
+        if error is not None:
+            if error.code() == KafkaError._PARTITION_EOF and partition is not None:
+                polled.at_end.add((topic, partition))
+            elif error.fatal():
+                raise KafkaException(error)
+            else:
+                polled.errors.append(error)
+            continue
+        if partition is None or offset is None:
+            continue
+        record = Record(topic, partition, offset, msg.key(), msg.value(), _headers(msg))
+        polled.batches[(topic, partition)].append(record)
+    return polled

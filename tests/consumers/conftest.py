@@ -1,0 +1,57 @@
+"""Helpers for tests of publishing and materializing: a store of each test's own, and runners."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+import pytest
+
+from consumers.materializer import Materializer, MaterializerOptions
+from tandem.settings import Settings, StorePolicy
+
+T = TypeVar("T")
+
+
+@pytest.fixture
+def store() -> str:
+    """A store name of this test's own, so no other test's version topics are seen."""
+    return "s" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def store_settings(settings: Settings, store: str) -> Settings:
+    """The test's settings with only its own store configured."""
+    policy = StorePolicy(ttl_s=3600, min_coverage=0.9, max_empty_share=0.05, keep_versions=2)
+    return settings.model_copy(update={"stores": {store: policy}})
+
+
+@contextlib.asynccontextmanager
+async def materializing(settings: Settings, **options: object) -> AsyncIterator[None]:
+    """A materializer running in this event loop (with a group of its own) until the block ends."""
+    group = "g" + uuid.uuid4().hex[:8]
+    materializer = Materializer(settings, MaterializerOptions(group=group, **options))  # type: ignore[arg-type]
+    stop = asyncio.Event()
+    task = asyncio.create_task(materializer.run(stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+
+
+async def wait_for(
+    probe: Callable[[], Awaitable[T | None]], timeout_s: float = 30.0, what: str = "condition"
+) -> T:
+    """Poll ``probe`` until it returns something truthy; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = await probe()
+        if value:
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")

@@ -1,0 +1,172 @@
+"""Publish → materialize → live, against the real broker and Redis, and every way it can fail."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from redis.asyncio import Redis
+
+from batch.candidates_io import synthetic_candidates
+from batch.exceptions import PushError
+from batch.publish import Publisher
+from store.keys import Keys
+from store.lifecycle import Lifecycle
+from store.reader import StoreReader
+from store.registry import Registry, State, VersionInfo
+from tandem import topics
+from tandem.control import DLQ_OFFSET, DLQ_REASON, DLQ_TOPIC
+from tandem.kafka import consumer_config
+from tandem.schemas import CandidateList
+from tandem.settings import Settings
+from tests.consumers.conftest import materializing, wait_for
+from tests.consumers.pushes import good_records, raw_push
+
+pytestmark = pytest.mark.integration
+
+FINAL = (State.LIVE, State.REJECTED)  # INGESTED is passed through on the way to LIVE
+
+
+async def decided(redis: Redis, keys: Keys, store: str, version: int) -> VersionInfo:
+    registry = Registry(redis, keys)
+
+    async def probe() -> VersionInfo | None:
+        info = await registry.get(store, version)
+        return info if info is not None and info.state in FINAL else None
+
+    return await wait_for(probe, 40, f"{store} v{version} to be decided")
+
+
+async def test_publish_materialize_live(
+    store_settings: Settings, store: str, redis: Redis, keys: Keys
+) -> None:
+    with Publisher(store_settings) as publisher:
+        push = publisher.publish(
+            store, synthetic_candidates(500, 30, seed=1), metadata={"metrics": {"ndcg@10": 0.3}}
+        )
+    async with materializing(store_settings):
+        info = await decided(redis, keys, store, push.version)
+    assert info.state is State.LIVE
+    assert info.count == push.count == 500
+    assert info.checksum == push.checksum
+    assert info.metadata == {"metrics": {"ndcg@10": 0.3}}
+    got = await StoreReader(redis, keys).read(store, "u7")
+    expected = next(row for row in synthetic_candidates(500, 30, seed=1) if row.entity_id == "u7")
+    assert got.version == push.version
+    assert got.item_ids == expected.item_ids
+
+
+async def test_failed_gate_keeps_old_version_live(
+    store_settings: Settings, store: str, redis: Redis, keys: Keys
+) -> None:
+    publisher = Publisher(store_settings)
+    first = publisher.publish(
+        store, synthetic_candidates(200, 5, seed=1), metadata={"metrics": {"ndcg@10": 0.30}}
+    )
+    async with materializing(store_settings):
+        assert (await decided(redis, keys, store, first.version)).state is State.LIVE
+        small = publisher.publish(
+            store, synthetic_candidates(100, 5, seed=2), metadata={"metrics": {"ndcg@10": 0.10}}
+        )
+        info = await decided(redis, keys, store, small.version)
+    assert info.state is State.REJECTED
+    assert any("entity count 100 is 50.0%" in r for r in info.reasons)
+    assert any("ndcg@10 fell from 0.3 to 0.1" in r for r in info.reasons)
+    assert await Lifecycle(redis, keys).live(store) == first.version
+
+
+async def test_push_without_end_of_push_never_goes_live(
+    store_settings: Settings, store: str, redis: Redis, keys: Keys
+) -> None:
+    def dies_midway() -> object:
+        yield from synthetic_candidates(50, 5)
+        raise RuntimeError("batch job killed")
+
+    with Publisher(store_settings) as publisher, pytest.raises(RuntimeError):
+        publisher.publish(store, dies_midway(), partitions=2)  # type: ignore[arg-type]
+    unended = raw_push(store_settings, store, good_records(20), end=False)
+    lying = raw_push(store_settings, store, good_records(20), count_delta=1)
+    async with materializing(store_settings):
+        info = await decided(redis, keys, store, lying)
+        pending = await Registry(redis, keys).get(store, unended)
+    assert info.state is State.REJECTED
+    assert any("count 20 != pushed 21" in r for r in info.reasons)
+    assert pending is not None
+    assert pending.state is State.INGESTING
+    assert await Lifecycle(redis, keys).live(store) is None
+
+
+async def test_oversized_record_fails_the_push_naming_the_entity(
+    store_settings: Settings, store: str
+) -> None:
+    small = store_settings.model_copy(update={"max_record_bytes": 2048})
+    huge = CandidateList("big-user", [f"i{n}" for n in range(400)], [0.5] * 400)
+    limit = r"entity 'big-user'.*bytes, over the 2048-byte limit"
+    with pytest.raises(PushError, match=limit), Publisher(small) as publisher:
+        publisher.publish(store, iter([huge]))
+
+
+async def test_undecodable_record_goes_to_dlq_and_rejects_version(
+    store_settings: Settings, store: str, redis: Redis, keys: Keys
+) -> None:
+    records = [*good_records(10), (b"u-bad", b"\xff garbage"), (b"bad key!", b"")]
+    version = raw_push(store_settings, store, records)
+    topic = topics.version_topic(store, version)
+    async with materializing(store_settings):
+        info = await decided(redis, keys, store, version)
+    assert info.state is State.REJECTED
+    assert any("2 record(s) could not be applied" in r for r in info.reasons)
+    dead = read_dlq(store_settings, topic)
+    assert {m[0] for m in dead} == {b"u-bad", b"bad key!"}
+    reasons = {m[0]: m[1] for m in dead}
+    assert b"format byte" in reasons[b"u-bad"] or b"shorter" in reasons[b"u-bad"]
+    assert b"key" in reasons[b"bad key!"]
+
+
+def read_dlq(settings: Settings, topic: str) -> list[tuple[bytes, bytes, bytes]]:
+    """(key, reason, offset) of the dead letters that came from ``topic``."""
+    consumer = Consumer(
+        consumer_config(settings, "dlq" + uuid.uuid4().hex[:6], **{"enable.partition.eof": True})
+    )
+    consumer.assign([TopicPartition(topics.DLQ, 0, 0)])
+    found = []
+    try:
+        while True:
+            msg = consumer.poll(5)
+            assert msg is not None, "tandem.dlq did not reach its end"
+            if msg.error():
+                break
+            headers = dict(msg.headers() or [])
+            if headers.get(DLQ_TOPIC) == topic.encode():
+                reason, offset = headers[DLQ_REASON], headers[DLQ_OFFSET]
+                assert isinstance(reason, bytes)
+                assert isinstance(offset, bytes)
+                found.append((msg.key() or b"", reason, offset))
+    finally:
+        consumer.close()
+    return found
+
+
+async def test_replay_after_keys_deleted(
+    store_settings: Settings, store: str, redis: Redis, keys: Keys
+) -> None:
+    from consumers.replay import replay
+
+    with Publisher(store_settings) as publisher:
+        push = publisher.publish(store, synthetic_candidates(300, 10, seed=4))
+    async with materializing(store_settings):
+        original = await decided(redis, keys, store, push.version)
+    assert original.state is State.LIVE
+    await redis.flushdb()
+    assert (await StoreReader(redis, keys).read(store, "u1")).version is None
+    rebuilt = await replay(store_settings, store, push.version, cutover=False)
+    assert rebuilt.checksum == original.checksum
+    assert rebuilt.count == 300
+    assert await Lifecycle(redis, keys).live(store) is None
+    served = await replay(store_settings, store, push.version, cutover=True)
+    assert served.state is State.LIVE
+    assert served.checksum == original.checksum
+    got = await StoreReader(redis, keys).read(store, "u1")
+    assert got.version == push.version
+    assert len(got.item_ids) == 10
