@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from benchmarks import common, store_bench
+from benchmarks import common, pipeline_bench, store_bench
 from tandem.settings import Settings
 
 RESULTS = Path("benchmarks/RESULTS.md")
@@ -50,6 +50,40 @@ def bench_store(ctx: click.Context, entities: int, reads: int, write: Path | Non
     _report(
         "store",
         f"tandem bench store --entities {entities} --reads {reads}",
+        result.markdown(),
+        write,
+    )
+
+
+@bench.command("publish")
+@click.option("--records", default=50_000, show_default=True, type=click.IntRange(1000, 10**7))
+@click.option("--items", default=100, show_default=True, type=click.IntRange(1, 5000))
+@write_option
+@click.pass_context
+def bench_publish(ctx: click.Context, records: int, items: int, write: Path | None) -> None:
+    """The publisher (per compression codec) vs a bare confluent-kafka produce loop."""
+    with common.services(_settings(ctx)) as settings:
+        result = pipeline_bench.run_publish(settings, records, items)
+    _report(
+        "publish",
+        f"tandem bench publish --records {records} --items {items}",
+        result.markdown(),
+        write,
+    )
+
+
+@bench.command("materialize")
+@click.option("--records", default=100_000, show_default=True, type=click.IntRange(1000, 10**7))
+@click.option("--items", default=50, show_default=True, type=click.IntRange(1, 5000))
+@write_option
+@click.pass_context
+def bench_materialize(ctx: click.Context, records: int, items: int, write: Path | None) -> None:
+    """Materializer vs (a) consuming without writing and (b) writing without consuming."""
+    with common.services(_settings(ctx)) as settings:
+        result = pipeline_bench.run_materialize(settings, records, items)
+    _report(
+        "materialize",
+        f"tandem bench materialize --records {records} --items {items}",
         result.markdown(),
         write,
     )

@@ -56,7 +56,7 @@ def _with_lifecycle(settings: Settings, job: Callable[[Lifecycle], Awaitable[T]]
 )
 @click.option(
     "--batch-size",
-    default=2000,
+    default=5000,
     show_default=True,
     type=click.IntRange(1, 100_000),
     help="Most records taken from Kafka per Redis write.",

@@ -33,7 +33,7 @@ class MaterializerOptions:
     """How the materializer consumes."""
 
     group: str = GROUP
-    batch_size: int = 2000
+    batch_size: int = 5000
     poll_timeout_s: float = 0.5
     until_idle_s: float | None = None
     cutover: bool = True
@@ -49,15 +49,23 @@ class Materializer:
         self._producer = Producer(producer_config(settings, bulk=False))
         self._sink = VersionSink(self._redis, settings, self._producer, source="materializer")
         self._finalizer = Finalizer(self._redis, settings, self._producer)
-        self._consumer = Consumer(consumer_config(settings, options.group))
+        self._consumer = Consumer(
+            consumer_config(
+                settings,
+                options.group,
+                **{"max.partition.fetch.bytes": 8 << 20, "fetch.max.bytes": 64 << 20},
+            )
+        )
         self._assigned = False
+        self.first_record_at: float | None = None
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned = True
         log.info("assigned %s", [f"{p.topic}[{p.partition}]" for p in partitions])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Every batch is applied and committed before the next poll, so nothing is buffered.
+        # Nothing to flush: a batch still being applied is guarded by the progress CAS in Redis,
+        # so whoever owns the partition next skips what this process wrote, and vice versa.
         log.info("revoked %s", [f"{p.topic}[{p.partition}]" for p in partitions])
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
@@ -70,11 +78,12 @@ class Materializer:
         )
         await self._decide_pending()
         last_activity = time.monotonic()
+        # The next poll runs in its thread while this batch is written to Redis.
+        polling = asyncio.ensure_future(self._poll())
         try:
             while not stop.is_set():
-                messages = await asyncio.to_thread(
-                    self._consumer.consume, self._options.batch_size, self._options.poll_timeout_s
-                )
+                messages = await polling
+                polling = asyncio.ensure_future(self._poll())
                 if await self._handle(messages):
                     last_activity = time.monotonic()
                 elif self._idle(last_activity):
@@ -84,7 +93,13 @@ class Materializer:
                         return
                     last_activity = time.monotonic()
         finally:
+            await polling
             await self.close()
+
+    async def _poll(self) -> list[Message]:
+        return await asyncio.to_thread(
+            self._consumer.consume, self._options.batch_size, self._options.poll_timeout_s
+        )
 
     def _idle(self, last_activity: float) -> bool:
         idle_s = self._options.until_idle_s
@@ -100,6 +115,8 @@ class Materializer:
             log.warning("consumer error: %s", error.str())
         if not polled.batches:
             return False
+        if self.first_record_at is None:
+            self.first_record_at = time.monotonic()
         finished = set()
         for (topic, partition), batch in polled.batches.items():
             parsed = topics.parse_version_topic(topic)
@@ -109,7 +126,7 @@ class Materializer:
             progress = await self._sink.apply(store, version, partition, batch)
             if progress.ended:
                 finished.add((store, version))
-        await asyncio.to_thread(self._commit, polled.batches)
+        self._commit(polled.batches)
         for store, version in finished:
             if await self._finalizer.check(store, version, cutover=self._options.cutover):
                 self._sink.forget(store, version)
@@ -118,9 +135,10 @@ class Materializer:
     def _commit(self, batches: dict[tuple[str, int], list[Record]]) -> None:
         offsets = [TopicPartition(t, p, batch[-1].offset + 1) for (t, p), batch in batches.items()]
         try:
-            self._consumer.commit(offsets=offsets, asynchronous=False)
+            # Asynchronous: Redis already holds the progress, so a commit lost to a crash or a
+            # rebalance only means re-delivered records, which the sink skips by offset.
+            self._consumer.commit(offsets=offsets, asynchronous=True)
         except KafkaException as e:
-            # Safe: Redis holds the progress, so re-delivered records will be skipped.
             log.warning("offset commit failed (records will be skipped on re-delivery): %s", e)
 
     async def _decide_pending(self) -> None:
