@@ -49,3 +49,27 @@ class Keys:
     def registry(self, store: str) -> str:
         """Hash of version metadata, one field per version."""
         return f"{self.prefix}:{check_store(store)}:versions"
+
+    def session(self, user_id: str) -> str:
+        """The user's current session signals (written by the streams worker)."""
+        return f"{self.prefix}:sess:{user_id}"
+
+    def epoch(self, user_id: str) -> str:
+        """The user's cache epoch: every event bumps it, so cached answers become unreachable."""
+        return f"{self.prefix}:epoch:{user_id}"
+
+    def global_epoch(self) -> str:
+        """Bumped by every cutover and rollback: every cached answer becomes unreachable."""
+        return f"{self.prefix}:epoch-global"
+
+    def trending_bucket(self, segment: str, minute: int) -> str:
+        """Event counts of one segment in one minute (a tumbling window kept a few minutes)."""
+        return f"{self.prefix}:trend:{segment}:{minute}"
+
+    def trending(self, segment: str) -> str:
+        """Top items of a segment over the recent windows (sorted set, score = event count)."""
+        return f"{self.prefix}:trending:{segment}"
+
+    def item_categories(self) -> str:
+        """Hash item id → category (written by the batch stage)."""
+        return f"{self.prefix}:items:category"

@@ -1,0 +1,1 @@
+"""The Faust stream worker: fresh session signals, trending items, cache invalidation."""

@@ -99,8 +99,9 @@ def _register() -> None:
     from batch.cli import publish
     from benchmarks.cli import bench
     from consumers.cli import materialize, replay, versions
+    from streams.cli import events, worker
 
-    for command in (bench, materialize, publish, replay, versions):
+    for command in (bench, events, materialize, publish, replay, versions, worker):
         main.add_command(command)
 
 

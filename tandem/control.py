@@ -111,7 +111,9 @@ class EndOfPush:
             raise ValidationError("end_of_push", f"malformed control message: {e}") from e
 
 
-def dlq_headers(reason: str, topic: str, partition: int, offset: int, source: str) -> Headers:
+def dlq_headers(
+    reason: str, topic: str, partition: int, offset: int, source: str
+) -> list[tuple[str, bytes]]:
     """Headers saying why a record was dead-lettered, where it came from, and when."""
     return [
         (DLQ_REASON, reason.encode()[:1000]),

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator
 
 import pytest
 
 from consumers.materializer import Materializer, MaterializerOptions
 from tandem.settings import Settings, StorePolicy
-
-T = TypeVar("T")
 
 
 @pytest.fixture
@@ -42,16 +38,3 @@ async def materializing(settings: Settings, **options: object) -> AsyncIterator[
     finally:
         stop.set()
         await asyncio.wait_for(task, 20)
-
-
-async def wait_for(
-    probe: Callable[[], Awaitable[T | None]], timeout_s: float = 30.0, what: str = "condition"
-) -> T:
-    """Poll ``probe`` until it returns something truthy; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = await probe()
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")

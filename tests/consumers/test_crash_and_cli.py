@@ -19,20 +19,9 @@ from store.keys import Keys
 from store.registry import Registry, State
 from store.writer import VersionWriter
 from tandem.settings import Settings
-from tests.consumers.conftest import wait_for
+from tests.helpers import env_of, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def env_of(settings: Settings) -> dict[str, str]:
-    stores = {name: policy.model_dump() for name, policy in settings.stores.items()}
-    return {
-        **os.environ,
-        "TANDEM_KAFKA": settings.kafka,
-        "TANDEM_REDIS_URL": settings.redis_url.get_secret_value(),
-        "TANDEM_KEY_PREFIX": settings.key_prefix,
-        "TANDEM_STORES": orjson.dumps(stores).decode(),
-    }
 
 
 def tandem(

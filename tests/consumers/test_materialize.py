@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 from redis.asyncio import Redis
 
 from batch.candidates_io import synthetic_candidates
@@ -16,12 +13,11 @@ from store.lifecycle import Lifecycle
 from store.reader import StoreReader
 from store.registry import Registry, State, VersionInfo
 from tandem import topics
-from tandem.control import DLQ_OFFSET, DLQ_REASON, DLQ_TOPIC
-from tandem.kafka import consumer_config
 from tandem.schemas import CandidateList
 from tandem.settings import Settings
-from tests.consumers.conftest import materializing, wait_for
+from tests.consumers.conftest import materializing
 from tests.consumers.pushes import good_records, raw_push
+from tests.helpers import read_dlq, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -122,30 +118,6 @@ async def test_undecodable_record_goes_to_dlq_and_rejects_version(
     reasons = {m[0]: m[1] for m in dead}
     assert b"format byte" in reasons[b"u-bad"] or b"shorter" in reasons[b"u-bad"]
     assert b"key" in reasons[b"bad key!"]
-
-
-def read_dlq(settings: Settings, topic: str) -> list[tuple[bytes, bytes, bytes]]:
-    """(key, reason, offset) of the dead letters that came from ``topic``."""
-    consumer = Consumer(
-        consumer_config(settings, "dlq" + uuid.uuid4().hex[:6], **{"enable.partition.eof": True})
-    )
-    consumer.assign([TopicPartition(topics.DLQ, 0, 0)])
-    found = []
-    try:
-        while True:
-            msg = consumer.poll(5)
-            assert msg is not None, "tandem.dlq did not reach its end"
-            if msg.error():
-                break
-            headers = dict(msg.headers() or [])
-            if headers.get(DLQ_TOPIC) == topic.encode():
-                reason, offset = headers[DLQ_REASON], headers[DLQ_OFFSET]
-                assert isinstance(reason, bytes)
-                assert isinstance(offset, bytes)
-                found.append((msg.key() or b"", reason, offset))
-    finally:
-        consumer.close()
-    return found
 
 
 async def test_replay_after_keys_deleted(

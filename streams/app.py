@@ -1,0 +1,211 @@
+"""The Faust application: sessions, trending and invalidation, mirrored into Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+import orjson
+from faust.types import EventT, StreamT
+from redis.asyncio import Redis
+
+from store.connect import connect
+from store.keys import Keys
+from streams import metrics
+from streams.mirror import RedisMirror
+from streams.session import SessionPolicy, SessionState, update
+from streams.transport import TandemApp
+from streams.trending import TrendingCounts
+from tandem import topics
+from tandem.control import dlq_headers
+from tandem.exceptions import ValidationError
+from tandem.schemas import Event, decode_event
+from tandem.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CUTOVER_STATES = frozenset({"live"})
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How the worker runs (its group id names its changelog topics too)."""
+
+    app_id: str = "tandem-streams"
+    session: SessionPolicy = field(default_factory=SessionPolicy)
+    flush_interval_s: float = 0.005
+    flush_max: int = 500
+    trending_flush_s: float = 2.0
+    categories_refresh_s: float = 60.0
+    store_url: str = "memory://"
+
+
+def changelog_topic(options: WorkerOptions) -> str:
+    """The sessions table's changelog topic."""
+    return f"{options.app_id}-sessions-changelog"
+
+
+class StreamWorker:
+    """Owns the Faust app and what it writes to Redis."""
+
+    def __init__(self, settings: Settings, options: WorkerOptions) -> None:
+        self.settings = settings
+        self.options = options
+        self.redis: Redis = connect(settings)
+        self.mirror = RedisMirror(
+            self.redis, Keys(settings.key_prefix), options.session.gap_ms // 1000
+        )
+        self.pending: dict[str, bytes] = {}
+        self.trending = TrendingCounts()
+        self.categories: dict[str, str] = {}
+        self._flush_lock = asyncio.Lock()
+        self.app = self._build_app()
+
+    def _build_app(self) -> faust.App:
+        settings, options = self.settings, self.options
+        app = TandemApp(
+            options.app_id,
+            broker=[f"kafka://{host}" for host in settings.kafka.split(",")],
+            store=options.store_url,
+            topic_partitions=settings.events_partitions,
+            topic_replication_factor=settings.replication_factor,
+            broker_session_timeout=6.0,
+            broker_heartbeat_interval=2.0,
+            broker_commit_interval=0.5,
+            producer_linger=0.002,
+            consumer_auto_offset_reset="earliest",
+            web_enabled=False,
+        )
+        events = app.topic(
+            topics.EVENTS,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=settings.events_partitions,
+        )
+        versions = app.topic(
+            topics.VERSIONS, key_serializer="raw", value_serializer="raw", partitions=1
+        )
+        self.dlq = app.topic(topics.DLQ, key_serializer="raw", value_serializer="raw")
+        self.sessions = app.Table(
+            "sessions",
+            partitions=settings.events_partitions,
+            key_type=bytes,
+            value_type=bytes,
+            changelog_topic=app.topic(
+                changelog_topic(options),
+                key_serializer="raw",
+                value_serializer="raw",
+                partitions=settings.events_partitions,
+                compacting=True,
+            ),
+        )
+        app.agent(events, concurrency=1, name="sessions")(self._on_events)
+        app.agent(versions, concurrency=1, name="cutovers")(self._on_versions)
+        app.timer(options.flush_interval_s)(self.flush)
+        app.timer(options.trending_flush_s)(self.flush_trending)
+        app.timer(options.categories_refresh_s, on_leader=False)(self.refresh_categories)
+        self.sessions.on_recover(self._remirror)
+        return app
+
+    async def _on_events(self, stream: StreamT[bytes]) -> None:
+        async for event in stream.events():
+            await self.handle(event)
+
+    async def handle(self, event: EventT[bytes]) -> None:
+        """Apply one event from ``tandem.events``, or dead-letter it."""
+        message = event.message
+        try:
+            parsed = decode_event(event.value or b"", time.time_ns() // 1_000_000)
+        except ValidationError as e:
+            await self._dead_letter(event, str(e))
+            return
+        self.apply(parsed)
+        if len(self.pending) >= self.options.flush_max:
+            await self.flush()
+        log.debug(
+            "applied %s from %s[%d]@%d",
+            parsed.event_id,
+            message.topic,
+            message.partition,
+            message.offset,
+        )
+
+    def apply(self, event: Event) -> None:
+        """Update the user's session in the table and queue its Redis mirror."""
+        key = event.user_id.encode()
+        raw = self.sessions.get(key)
+        state = None if raw is None else SessionState.decode(raw)
+        category = self._category(event)
+        new = update(state, event, category, self.options.session)
+        if new is state:
+            metrics.DUPLICATES.inc()
+            return
+        encoded = new.encode()
+        self.sessions[key] = encoded
+        self.pending[event.user_id] = encoded
+        self.trending.add(event)
+        metrics.EVENTS.inc()
+
+    def _category(self, event: Event) -> str | None:
+        given = (event.context or {}).get("category")
+        if isinstance(given, str):
+            return given
+        return self.categories.get(event.item_id)
+
+    async def _dead_letter(self, event: EventT[bytes], reason: str) -> None:
+        message = event.message
+        log.warning(
+            "dead-lettering %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason
+        )
+        headers = dlq_headers(reason, message.topic, message.partition, message.offset, "streams")
+        await self.dlq.send(key=event.key, value=event.value, headers=headers)
+        metrics.DEAD.labels(reason.split(":", 1)[0][:40]).inc()
+
+    async def flush(self) -> None:
+        """Write queued sessions (and epoch bumps) to Redis in one pipeline."""
+        async with self._flush_lock:
+            if not self.pending:
+                return
+            batch, self.pending = self.pending, {}
+            with metrics.FLUSH_SECONDS.time():
+                await self.mirror.write_sessions(batch)
+
+    async def flush_trending(self) -> None:
+        """Add the counts since the last flush to Redis and refresh the top items."""
+        await self.mirror.write_trending(self.trending.drain())
+
+    async def refresh_categories(self) -> None:
+        """Reload item categories published by the batch stage."""
+        self.categories = await self.mirror.categories()
+
+    async def _remirror(self) -> None:
+        # After recovery the table may hold sessions whose mirror write was lost in a crash.
+        restored = {bytes(k).decode(): bytes(v) for k, v in self.sessions.items()}
+        log.info("recovered %d sessions; mirroring them into Redis", len(restored))
+        await self.mirror.write_sessions(restored)
+
+    async def _on_versions(self, stream: StreamT[bytes]) -> None:
+        async for value in stream:
+            try:
+                body: dict[str, Any] = orjson.loads(value)
+            except orjson.JSONDecodeError:
+                continue
+            if body.get("state") in CUTOVER_STATES:
+                epoch = await self.mirror.bump_global_epoch()
+                metrics.EPOCH_BUMPS.inc()
+                log.info(
+                    "cutover of %s v%s: global epoch now %d",
+                    body.get("store"),
+                    body.get("version"),
+                    epoch,
+                )
+
+    async def close(self) -> None:
+        """Write what is queued and release Redis."""
+        await self.flush()
+        await self.flush_trending()
+        await self.redis.aclose()

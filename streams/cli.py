@@ -1,0 +1,107 @@
+"""``tandem worker`` and ``tandem events produce``."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import click
+from prometheus_client import start_http_server
+from tqdm import tqdm
+
+from streams.app import WorkerOptions
+from streams.produce import produce, read_events, synthetic_events
+from streams.runner import run_until
+from streams.session import SessionPolicy
+from tandem.settings import Settings
+
+
+def _settings(ctx: click.Context) -> Settings:
+    settings: Settings = ctx.find_root().obj
+    return settings
+
+
+@click.command()
+@click.option(
+    "--app-id",
+    default="tandem-streams",
+    show_default=True,
+    help="Consumer group and changelog prefix; workers with one id share the work.",
+)
+@click.option(
+    "--session-gap-s",
+    default=1800,
+    show_default=True,
+    type=click.IntRange(60, 86400),
+    help="Inactivity that ends a session (also the Redis TTL of a session).",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve Prometheus metrics on this port.",
+)
+@click.pass_context
+def worker(ctx: click.Context, app_id: str, session_gap_s: int, metrics_port: int | None) -> None:
+    """Run the stream worker: sessions, trending and cache invalidation into Redis."""
+    options = WorkerOptions(app_id=app_id, session=SessionPolicy(gap_ms=session_gap_s * 1000))
+    if metrics_port is not None:
+        start_http_server(metrics_port, addr="127.0.0.1")
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_until(_settings(ctx), options, stop)
+
+    asyncio.run(run())
+
+
+@click.group()
+def events() -> None:
+    """Send interaction events to tandem.events."""
+
+
+@events.command("produce")
+@click.option(
+    "--from",
+    "source",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="JSON lines of events (the wire format of DESIGN.md).",
+)
+@click.option(
+    "--synthetic",
+    type=click.IntRange(1, 100_000_000),
+    default=None,
+    help="Send this many generated events instead.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(0.1, 1_000_000),
+    default=None,
+    help="Events per second (default: as fast as the broker takes them).",
+)
+@click.option("--users", default=1000, show_default=True, type=click.IntRange(1, 10**8))
+@click.option("--seed", default=0, show_default=True)
+@click.pass_context
+def events_produce(
+    ctx: click.Context,
+    source: Path | None,
+    synthetic: int | None,
+    rate: float | None,
+    users: int,
+    seed: int,
+) -> None:
+    """Send events (validated first) with the idempotent producer, keyed by user."""
+    if (source is None) == (synthetic is None):
+        raise click.UsageError("give exactly one of --from FILE and --synthetic N")
+    stream = (
+        read_events(source)
+        if source is not None
+        else synthetic_events(synthetic or 0, users=users, seed=seed)
+    )
+    with tqdm(total=synthetic, desc="events", unit="ev", disable=None) as bar:
+        sent = produce(_settings(ctx), stream, rate, on_event=lambda _: bar.update())
+    click.echo(f"{sent} events acknowledged by the broker")

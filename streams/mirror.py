@@ -1,0 +1,73 @@
+"""What the worker writes into Redis: sessions and epochs, trending sets, the global epoch."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from redis.asyncio import Redis
+
+from store.keys import Keys
+from streams.trending import WINDOW_MS
+
+EPOCH_TTL_S = 2 * 86400
+TRENDING_WINDOWS = 5
+TRENDING_TOP = 200
+
+
+class RedisMirror:
+    """Batched writes of the worker's state into Redis."""
+
+    def __init__(self, redis: Redis, keys: Keys, session_ttl_s: int) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._session_ttl_s = session_ttl_s
+
+    async def write_sessions(self, sessions: dict[str, bytes]) -> None:
+        """Each session and its user's epoch bump, in one MULTI pipeline: a cached answer for
+        the user becomes unreachable exactly when the new session becomes readable."""
+        if not sessions:
+            return
+        pipe = self._redis.pipeline(transaction=True)
+        for user, encoded in sessions.items():
+            pipe.set(self._keys.session(user), encoded, ex=self._session_ttl_s)
+            epoch = self._keys.epoch(user)
+            pipe.incr(epoch)
+            pipe.expire(epoch, EPOCH_TTL_S)
+        await pipe.execute()
+
+    async def write_trending(self, counts: dict[tuple[str, int], Counter[str]]) -> None:
+        """Add counts to their minute windows, then recompute each touched segment's top items."""
+        if not counts:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        newest: dict[str, int] = {}
+        for (segment, window), items in counts.items():
+            bucket = self._keys.trending_bucket(segment, window)
+            for item, count in items.items():
+                pipe.zincrby(bucket, count, item)
+            pipe.expire(bucket, (TRENDING_WINDOWS + 2) * WINDOW_MS // 1000)
+            newest[segment] = max(newest.get(segment, window), window)
+        for segment, window in newest.items():
+            target = self._keys.trending(segment)
+            sources = [
+                self._keys.trending_bucket(segment, window - back)
+                for back in range(TRENDING_WINDOWS)
+            ]
+            pipe.zunionstore(target, sources)
+            pipe.zremrangebyrank(target, 0, -TRENDING_TOP - 1)
+            pipe.expire(target, TRENDING_WINDOWS * WINDOW_MS // 1000)
+        await pipe.execute()
+
+    async def bump_global_epoch(self) -> int:
+        """Make every cached answer unreachable (after a cutover or rollback)."""
+        value: int = await self._redis.incr(self._keys.global_epoch())
+        return value
+
+    async def categories(self) -> dict[str, str]:
+        """Item → category, as the batch stage published it (empty when it has not)."""
+        raw = await self._redis.hgetall(self._keys.item_categories())
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,191 @@
+"""The stream worker against the real broker and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+from confluent_kafka import Producer
+from redis.asyncio import Redis
+
+from store.keys import Keys
+from streams.app import WorkerOptions
+from streams.produce import EventProducer
+from streams.runner import running
+from streams.session import SessionPolicy, SessionState
+from tandem import topics
+from tandem.announce import announce
+from tandem.kafka import producer_config
+from tandem.schemas import Event
+from tandem.settings import Settings
+from tests.helpers import env_of, read_dlq, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def new_user() -> str:
+    return "u" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def options() -> WorkerOptions:
+    return WorkerOptions(
+        app_id="w" + uuid.uuid4().hex[:8],
+        session=SessionPolicy(gap_ms=120_000),
+        trending_flush_s=0.2,
+    )
+
+
+def send(settings: Settings, *events: Event) -> None:
+    producer = EventProducer(settings)
+    for event in events:
+        producer.send(event)
+    producer.flush()
+
+
+async def items_are(redis: Redis, keys: Keys, user: str, items: list[str]) -> SessionState | None:
+    raw = await redis.get(keys.session(user))
+    if not isinstance(raw, bytes):
+        return None
+    state = SessionState.decode(raw)
+    return state if [i for i, _, _ in state.items] == items else None
+
+
+async def test_events_reach_session_epoch_and_sessions_expire(
+    settings: Settings, options: WorkerOptions, redis: Redis, keys: Keys
+) -> None:
+    user, t0 = new_user(), now_ms()
+    async with running(settings, options):
+        send(
+            settings,
+            Event(user, "i1", "click", t0, "e1", device="mobile", context={"category": "shoes"}),
+        )
+        state = await wait_for(lambda: items_are(redis, keys, user, ["i1"]), 20, "a session")
+        assert state.affinity == {"shoes": 2.0}
+        assert state.device == "mobile"
+        assert await redis.get(keys.epoch(user)) == b"1"
+        assert 0 < await redis.ttl(keys.session(user)) <= 120
+        send(settings, Event(user, "i2", "view", t0 + 1000, "e2"))
+        await wait_for(lambda: items_are(redis, keys, user, ["i1", "i2"]), 20, "the 2nd event")
+        assert await redis.get(keys.epoch(user)) == b"2"
+        send(settings, Event(user, "i3", "view", t0 + 3 * 60_000, "e3"))  # after the 2-min gap
+        fresh = await wait_for(lambda: items_are(redis, keys, user, ["i3"]), 20, "a new session")
+        assert fresh.start_ms == t0 + 3 * 60_000
+        assert fresh.counts == {"view": 1}
+
+
+async def test_malformed_event_goes_to_dlq_and_the_next_is_processed(
+    settings: Settings, options: WorkerOptions, redis: Redis, keys: Keys
+) -> None:
+    user = new_user()
+    producer = Producer(producer_config(settings, bulk=False))
+    producer.produce(
+        topics.EVENTS,
+        key=user.encode(),
+        value=b'{"user_id": "' + user.encode() + b'", "item_id": "i1", "event_type": "teleport"}',
+    )
+    producer.produce(topics.EVENTS, key=user.encode(), value=b"not json at all")
+    assert producer.flush(10) == 0
+    send(settings, Event(user, "i9", "view", now_ms(), "ok1"))
+    async with running(settings, options):
+        await wait_for(lambda: items_are(redis, keys, user, ["i9"]), 20, "the good event")
+    dead = [
+        (key, reason)
+        for key, reason, _ in read_dlq(settings, topics.EVENTS)
+        if key == user.encode()
+    ]
+    assert len(dead) == 2
+    assert b"event_type: must be one of" in dead[0][1]
+    assert b"not valid JSON" in dead[1][1]
+
+
+async def test_trending_flush(
+    settings: Settings, options: WorkerOptions, redis: Redis, keys: Keys
+) -> None:
+    item = "hot" + uuid.uuid4().hex[:8]
+    events = [Event(new_user(), item, "view", now_ms(), f"t{n}", device="tv") for n in range(3)]
+    async with running(settings, options):
+        send(settings, *events)
+
+        async def counted() -> float | None:
+            score: float | None = await redis.zscore(keys.trending("device:tv"), item)
+            return score if score == 3 else None
+
+        await wait_for(counted, 20, "trending counts")
+        assert await redis.zscore(keys.trending("global"), item) == 3
+        assert await redis.ttl(keys.trending("global")) > 0
+
+
+async def test_cutover_bumps_the_global_epoch(
+    settings: Settings, options: WorkerOptions, redis: Redis, keys: Keys
+) -> None:
+    user = new_user()
+    async with running(settings, options):
+        send(settings, Event(user, "i1", "view", now_ms(), "c1"))
+        await wait_for(lambda: items_are(redis, keys, user, ["i1"]), 20, "the worker to run")
+        await asyncio.sleep(0.5)
+        before = int(await redis.get(keys.global_epoch()) or 0)
+        producer = Producer(producer_config(settings, bulk=False))
+        announce(producer, "u2i", 7, "live")
+        assert producer.flush(10) == 0
+
+        async def bumped() -> int | None:
+            value = int(await redis.get(keys.global_epoch()) or 0)
+            return value if value > before else None
+
+        await wait_for(bumped, 20, "the global epoch bump")
+
+
+async def test_killed_worker_recovers_sessions_from_the_changelog(
+    settings: Settings, options: WorkerOptions, redis: Redis, keys: Keys
+) -> None:
+    user, t0 = new_user(), now_ms()
+    proc = subprocess.Popen(  # noqa: ASYNC220 - a child we SIGKILL; no output is read
+        [
+            sys.executable,
+            "-m",
+            "tandem",
+            "worker",
+            "--app-id",
+            options.app_id,
+            "--session-gap-s",
+            "120",
+        ],
+        env=env_of(settings),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        send(
+            settings, Event(user, "i1", "view", t0, "k1"), Event(user, "i2", "click", t0 + 1, "k2")
+        )
+        await wait_for(lambda: items_are(redis, keys, user, ["i1", "i2"]), 40, "the first worker")
+        await asyncio.sleep(1.5)  # let the changelog and the offset commit go out
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    await redis.delete(keys.session(user))  # Redis alone could not bring it back
+    async with running(settings, options):
+        restored = await wait_for(
+            lambda: items_are(redis, keys, user, ["i1", "i2"]),
+            40,
+            "the session to be recovered from the changelog",
+        )
+        assert restored.counts == {"view": 1, "click": 1}
+        send(settings, Event(user, "i3", "view", t0 + 2, "k3"))
+        final = await wait_for(
+            lambda: items_are(redis, keys, user, ["i1", "i2", "i3"]),
+            20,
+            "the next event on the recovered session",
+        )
+        assert final.counts == {"view": 2, "click": 1}
