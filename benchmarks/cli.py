@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import uuid
 from pathlib import Path
 
 import click
 
-from benchmarks import common, pipeline_bench, store_bench
+from benchmarks import common, freshness_bench, pipeline_bench, store_bench
 from tandem.settings import Settings
 
 RESULTS = Path("benchmarks/RESULTS.md")
@@ -84,6 +86,64 @@ def bench_materialize(ctx: click.Context, records: int, items: int, write: Path 
     _report(
         "materialize",
         f"tandem bench materialize --records {records} --items {items}",
+        result.markdown(),
+        write,
+    )
+
+
+@bench.command("freshness")
+@click.option(
+    "--seconds",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(1, 600),
+    help="How long each rate is offered.",
+)
+@click.option("--rates", default="500,2000", show_default=True, help="Offered event rates.")
+@click.option(
+    "--flood",
+    default=20_000,
+    show_default=True,
+    type=click.IntRange(100, 10**7),
+    help="Events produced at once to measure the sustained rate.",
+)
+@click.option(
+    "--changelog-batch-bytes",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 1 << 20),
+    help="Passed to the worker.",
+)
+@write_option
+@click.pass_context
+def bench_freshness(
+    ctx: click.Context,
+    seconds: float,
+    rates: str,
+    flood: int,
+    changelog_batch_bytes: int,
+    write: Path | None,
+) -> None:
+    """Produce → visible in Redis latency through the stream worker, vs the bare Kafka hop."""
+    try:
+        offered = tuple(int(r) for r in rates.split(","))
+    except ValueError as e:
+        raise click.BadParameter("a comma-separated list of integers", param_hint="--rates") from e
+    with common.services(_settings(ctx)) as started:
+        settings = started.model_copy(update={"key_prefix": "fresh" + uuid.uuid4().hex[:6]})
+        env = {
+            **os.environ,
+            "TANDEM_KAFKA": settings.kafka,
+            "TANDEM_REDIS_URL": settings.redis_url.get_secret_value(),
+            "TANDEM_KEY_PREFIX": settings.key_prefix,
+        }
+        result = asyncio.run(
+            freshness_bench.run(settings, env, seconds, offered, flood, changelog_batch_bytes)
+        )
+    _report(
+        f"freshness-{changelog_batch_bytes}",
+        f"tandem bench freshness --seconds {seconds:g} --rates {rates} --flood {flood} "
+        f"--changelog-batch-bytes {changelog_batch_bytes}",
         result.markdown(),
         write,
     )

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from pydantic import SecretStr
+
 from tandem import devservices
 from tandem.kafka import ensure_base_topics
 from tandem.settings import Settings
@@ -39,12 +41,12 @@ def services(settings: Settings, *, kafka: bool = True) -> Iterator[Settings]:
     """The configured services, or throwaway embedded ones when those do not answer."""
     url = urlsplit(settings.redis_url.get_secret_value())
     started: list[int] = []
-    changes: dict[str, str] = {}
+    changes: dict[str, object] = {}
     with tempfile.TemporaryDirectory(prefix="tandem-bench-") as tmp:
         if not devservices.redis_answers(url.hostname or "127.0.0.1", url.port or 6379):
             redis = devservices.start_redis(devservices.free_port(), Path(tmp))
             started.append(redis.pid)
-            changes["redis_url"] = f"redis://127.0.0.1:{redis.port}/0"
+            changes["redis_url"] = SecretStr(f"redis://127.0.0.1:{redis.port}/0")
         if kafka and not devservices.kafka_answers(settings.kafka):
             broker = devservices.start_broker(devservices.free_port(), Path(tmp))
             started.append(broker.pid)

@@ -37,11 +37,12 @@ class WorkerOptions:
 
     app_id: str = "tandem-streams"
     session: SessionPolicy = field(default_factory=SessionPolicy)
-    flush_interval_s: float = 0.005
+    flush_interval_s: float = 0.01
     flush_max: int = 500
     trending_flush_s: float = 2.0
     categories_refresh_s: float = 60.0
     store_url: str = "memory://"
+    changelog_batch_bytes: int = 1
 
 
 def changelog_topic(options: WorkerOptions) -> str:
@@ -77,6 +78,11 @@ class StreamWorker:
             broker_heartbeat_interval=2.0,
             broker_commit_interval=0.5,
             producer_linger=0.002,
+            # One record per produce batch. Table recovery reads the changelog up to the high
+            # watermark from ListOffsets; the embedded broker reports the last *batch's* base
+            # offset + 1 there, so the tail of a multi-record batch would not be recovered.
+            # On Apache Kafka this only costs producer throughput.
+            producer_max_batch_size=options.changelog_batch_bytes,
             consumer_auto_offset_reset="earliest",
             web_enabled=False,
         )

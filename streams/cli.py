@@ -37,15 +37,32 @@ def _settings(ctx: click.Context) -> Settings:
     help="Inactivity that ends a session (also the Redis TTL of a session).",
 )
 @click.option(
+    "--changelog-batch-bytes",
+    default=WorkerOptions.changelog_batch_bytes,
+    show_default=True,
+    type=click.IntRange(1, 1 << 20),
+    help="Producer batch size of the changelog (streams/app.py explains the trade-off).",
+)
+@click.option(
     "--metrics-port",
     type=click.IntRange(1, 65535),
     default=None,
     help="Serve Prometheus metrics on this port.",
 )
 @click.pass_context
-def worker(ctx: click.Context, app_id: str, session_gap_s: int, metrics_port: int | None) -> None:
+def worker(
+    ctx: click.Context,
+    app_id: str,
+    session_gap_s: int,
+    changelog_batch_bytes: int,
+    metrics_port: int | None,
+) -> None:
     """Run the stream worker: sessions, trending and cache invalidation into Redis."""
-    options = WorkerOptions(app_id=app_id, session=SessionPolicy(gap_ms=session_gap_s * 1000))
+    options = WorkerOptions(
+        app_id=app_id,
+        session=SessionPolicy(gap_ms=session_gap_s * 1000),
+        changelog_batch_bytes=changelog_batch_bytes,
+    )
     if metrics_port is not None:
         start_http_server(metrics_port, addr="127.0.0.1")
 

@@ -1,0 +1,281 @@
+"""``tandem bench freshness``: time from producing an event to its effect being readable in Redis.
+
+The worker runs as its own process (``tandem worker``). Each event is for a user of its own; the
+bench subscribes to Redis keyspace notifications of the users' epoch keys, which the worker bumps
+in the same MULTI as the session write. The baseline, measured in the same run, is the bare
+Kafka hop: the same events read back by a plain confluent-kafka consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+import orjson
+from confluent_kafka import Consumer, Producer
+
+from benchmarks.common import machine, percentile
+from store.connect import connect
+from store.keys import Keys
+from tandem import topics
+from tandem.kafka import consumer_config, producer_config
+from tandem.settings import Settings
+
+WORKER_READY_TIMEOUT_S = 60
+
+
+@dataclass(frozen=True)
+class RatePoint:
+    """Latencies at one offered rate."""
+
+    rate: int
+    sent: int
+    seen: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    hop_p50_ms: float
+    hop_p99_ms: float
+    achieved_per_s: float
+    kept_up: bool
+
+
+@dataclass(frozen=True)
+class FreshnessResult:
+    """Every rate point and the worker's throughput when flooded."""
+
+    points: list[RatePoint]
+    flood_events: int
+    flood_per_s: float
+    changelog_batch_bytes: int
+
+    def markdown(self) -> str:
+        """The RESULTS.md section."""
+        rows = [
+            f"## Freshness (`tandem bench freshness`, changelog batch "
+            f"{self.changelog_batch_bytes} B)",
+            "",
+            f"Machine: {machine()}. Embedded broker, worker in its own process "
+            f"(`--changelog-batch-bytes {self.changelog_batch_bytes}`), one user per event; "
+            "latency = produce → epoch bump visible in Redis (keyspace notification).",
+            "",
+            "| offered rate (ev/s) | events | seen | p50 ms | p95 ms | p99 ms | "
+            "bare Kafka hop p50 / p99 ms | p99 ratio to hop | worker kept up |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for p in self.points:
+            kept = "yes" if p.kept_up else "no (falling behind)"
+            rows.append(
+                f"| {p.rate} | {p.sent} | {p.seen} | {p.p50_ms:.1f} | {p.p95_ms:.1f} | "
+                f"{p.p99_ms:.1f} | {p.hop_p50_ms:.1f} / {p.hop_p99_ms:.1f} | "
+                f"{p.p99_ms / p.hop_p99_ms:.1f} | {kept} |"
+            )
+        rows += [
+            "",
+            f"Flood: {self.flood_events} events produced at once were all applied at "
+            f"**{self.flood_per_s:,.0f} events/s** (the rate the worker sustains).",
+            "",
+            f"Target: p99 ≤ 100 ms at 500 events/s: **{self.points[0].p99_ms:.1f} ms**.",
+        ]
+        return "\n".join(rows)
+
+
+def _not_growing(latencies_ms: list[float]) -> bool:
+    """Whether latency at the end of a phase is no worse than at its start (no backlog)."""
+    tenth = max(1, len(latencies_ms) // 10)
+    head, tail = latencies_ms[:tenth], latencies_ms[-tenth:]
+    return percentile(tail, 50) <= 2 * percentile(head, 50) + 20
+
+
+def _event(user: str, n: int) -> bytes:
+    return orjson.dumps(
+        {
+            "user_id": user,
+            "item_id": f"i{n % 500}",
+            "event_type": "view",
+            "event_id": f"{user}-e",
+            "device": "mobile",
+        }
+    )
+
+
+class _Hop:
+    """A bare consumer of tandem.events that timestamps each bench event it reads."""
+
+    def __init__(self, settings: Settings, tag: str) -> None:
+        self.seen: dict[str, float] = {}
+        self._tag = tag.encode()
+        self._consumer = Consumer(
+            consumer_config(
+                settings, "hop" + uuid.uuid4().hex[:6], **{"auto.offset.reset": "latest"}
+            )
+        )
+        self._consumer.subscribe([topics.EVENTS])
+        self._stop = threading.Event()
+        self.ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            msg = self._consumer.poll(0.05)  # returns as soon as one message is there
+            if self._consumer.assignment():
+                self.ready.set()
+            if msg is None or msg.error() is not None:
+                continue
+            key = msg.key()
+            if key is not None and key.startswith(self._tag):
+                self.seen[key.decode()] = time.monotonic()
+        self._consumer.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+async def _watch(
+    settings: Settings, keys: Keys, seen: dict[str, float], stop: asyncio.Event
+) -> None:
+    redis = connect(settings)
+    await redis.config_set("notify-keyspace-events", "K$")
+    db = redis.connection_pool.connection_kwargs.get("db", 0)
+    prefix = f"__keyspace@{db}__:{keys.epoch('')}"
+    pubsub = redis.pubsub()
+    await pubsub.psubscribe(prefix + "*")
+    try:
+        while not stop.is_set():
+            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.05)
+            if msg is not None:
+                user = msg["channel"].decode()[len(prefix) :]
+                seen.setdefault(user, time.monotonic())
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await redis.aclose()
+
+
+def warm_producer(settings: Settings) -> Producer:
+    """An idempotent producer that already holds its producer id (the first send waits for it,
+    about half a second on the embedded broker: that is start-up, not freshness)."""
+    producer = Producer(producer_config(settings, bulk=False))
+    producer.produce(topics.DLQ, key=b"bench-warm-up", value=b"")
+    producer.flush(30)
+    return producer
+
+
+def _produce(
+    producer: Producer, users: list[str], rate: float | None, sent: dict[str, float]
+) -> float:
+    start = time.perf_counter()
+    for n, user in enumerate(users):
+        if rate:
+            delay = start + n / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        sent[user] = time.monotonic()
+        producer.produce(topics.EVENTS, key=user.encode(), value=_event(user, n))
+        producer.poll(0)
+    producer.flush(30)
+    return len(users) / (time.perf_counter() - start)
+
+
+async def _phase(
+    settings: Settings, keys: Keys, users: list[str], rate: float | None, producer: Producer
+) -> tuple[dict[str, float], dict[str, float], float]:
+    seen: dict[str, float] = {}
+    sent: dict[str, float] = {}
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(_watch(settings, keys, seen, stop))
+    await asyncio.sleep(0.3)  # subscribed before the first event
+    achieved = await asyncio.to_thread(_produce, producer, users, rate, sent)
+    deadline = time.monotonic() + 20
+    while len(seen) < len(users) and time.monotonic() < deadline:  # noqa: ASYNC110 - polls a dict
+        await asyncio.sleep(0.05)
+    stop.set()
+    await watcher
+    return sent, seen, achieved
+
+
+def _start_worker(env: dict[str, str], changelog_batch_bytes: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tandem",
+            "worker",
+            "--app-id",
+            "bench" + uuid.uuid4().hex[:6],
+            "--changelog-batch-bytes",
+            str(changelog_batch_bytes),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def _wait_ready(settings: Settings, keys: Keys) -> None:
+    redis = connect(settings)
+    producer = Producer(producer_config(settings, bulk=False))
+    user = "ready" + uuid.uuid4().hex[:6]
+    deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
+    try:
+        while await redis.get(keys.epoch(user)) is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the worker did not start; run `tandem worker` to see why")
+            producer.produce(topics.EVENTS, key=user.encode(), value=_event(user, 0))
+            producer.flush(5)
+            await asyncio.sleep(1)
+    finally:
+        await redis.aclose()
+
+
+async def run(
+    settings: Settings,
+    env: dict[str, str],
+    seconds: float,
+    rates: tuple[int, ...],
+    flood: int,
+    changelog_batch_bytes: int,
+) -> FreshnessResult:
+    """Start a worker, then measure each rate and a flood."""
+    keys = Keys(settings.key_prefix)
+    worker = _start_worker(env, changelog_batch_bytes)
+    hop = _Hop(settings, "b")
+    producer = warm_producer(settings)
+    try:
+        await _wait_ready(settings, keys)
+        hop.ready.wait(30)
+        points = []
+        for rate in rates:
+            tag = f"b{rate}x{uuid.uuid4().hex[:4]}-"
+            users = [f"{tag}{n}" for n in range(int(rate * seconds))]
+            sent, seen, achieved = await _phase(settings, keys, users, rate, producer)
+            lat = [(seen[u] - sent[u]) * 1000 for u in users if u in seen]
+            hops = [(hop.seen[u] - sent[u]) * 1000 for u in users if u in hop.seen]
+            points.append(
+                RatePoint(
+                    rate,
+                    len(users),
+                    len(lat),
+                    percentile(lat, 50),
+                    percentile(lat, 95),
+                    percentile(lat, 99),
+                    percentile(hops, 50),
+                    percentile(hops, 99),
+                    achieved,
+                    kept_up=len(lat) == len(users) and _not_growing(lat),
+                )
+            )
+        flood_users = [f"bflood{uuid.uuid4().hex[:4]}-{n}" for n in range(flood)]
+        sent, seen, _ = await _phase(settings, keys, flood_users, None, producer)
+        span = max(seen.values()) - min(sent.values()) if seen else float("inf")
+        return FreshnessResult(points, len(seen), len(seen) / span, changelog_batch_bytes)
+    finally:
+        hop.close()
+        worker.terminate()
+        worker.wait(30)
