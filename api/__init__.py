@@ -1,0 +1,1 @@
+"""The recommendation API: online re-ranking under a deadline, event ingestion, admin."""

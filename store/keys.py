@@ -73,3 +73,11 @@ class Keys:
     def item_categories(self) -> str:
         """Hash item id → category (written by the batch stage)."""
         return f"{self.prefix}:items:category"
+
+    def model(self, store: str, version: int) -> str:
+        """The re-ranker model that went live with a version (LightGBM text)."""
+        return f"{self.version_root(store, version)}:model"
+
+    def cache(self, user_id: str, k: int, device: str) -> str:
+        """Prefix of a cached answer; epochs and versions are appended (by the Lua read)."""
+        return f"{self.prefix}:cache:{user_id}:{k}:{device}"

@@ -53,3 +53,28 @@ local out = redis.call('MGET', unpack(keys))
 table.insert(out, 1, v)
 return out
 """
+
+# KEYS: live u2i, live i2i, live popular, user epoch, global epoch, session, trending set
+# ARGV: u2i base, i2i base, popular base, user, segment, cache prefix, trending count
+# One round trip for a recommendation: versions, epochs, the cached answer if any; otherwise the
+# user's candidates, session, the segment's popular list and the trending top items.
+RECOMMEND = """
+local vu = redis.call('GET', KEYS[1]) or ''
+local vi = redis.call('GET', KEYS[2]) or ''
+local vp = redis.call('GET', KEYS[3]) or ''
+local eu = redis.call('GET', KEYS[4]) or '0'
+local eg = redis.call('GET', KEYS[5]) or '0'
+local ck = ARGV[6] .. ':' .. eu .. ':' .. eg .. ':' .. vu .. ':' .. vi .. ':' .. vp
+local cached = redis.call('GET', ck)
+if cached then return {1, ck, vu, vi, vp, cached} end
+local cands = false
+if vu ~= '' then cands = redis.call('GET', ARGV[1] .. vu .. ':e:' .. ARGV[4]) end
+local pop = false
+if vp ~= '' then
+  pop = redis.call('GET', ARGV[3] .. vp .. ':e:' .. ARGV[5])
+  if not pop and ARGV[5] ~= 'global' then pop = redis.call('GET', ARGV[3] .. vp .. ':e:global') end
+end
+local sess = redis.call('GET', KEYS[6])
+local trend = redis.call('ZREVRANGE', KEYS[7], 0, tonumber(ARGV[7]) - 1, 'WITHSCORES')
+return {0, ck, vu, vi, vp, cands, sess, pop, trend}
+"""

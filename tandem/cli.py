@@ -95,6 +95,24 @@ def dev_down(ctx: click.Context) -> None:
     click.echo("stopped: " + (", ".join(stopped) if stopped else "nothing (tandem started none)"))
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="API processes sharing the port (SO_REUSEPORT).",
+)
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int, workers: int) -> None:
+    """Run the recommendation API (see /openapi.json for its endpoints)."""
+    from api.server import serve as run  # the entry point is the one place that starts api/
+
+    run(settings_of(ctx), host, port, workers)
+
+
 def _register() -> None:
     from batch.cli import publish
     from benchmarks.cli import bench

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     redis_timeout_s: float = Field(default=2.0, gt=0, le=60)
     state_dir: Path = Path(".state")
     admin_token: SecretStr | None = None
+    api_deadline_ms: int = Field(default=50, ge=5, le=10_000)
+    api_cache_ttl_s: int = Field(default=60, ge=5, le=3600)
+    api_redis_timeout_ms: int = Field(default=30, ge=1, le=10_000)
 
     @field_validator("key_prefix")
     @classmethod

@@ -1,0 +1,108 @@
+"""The aiohttp application: routes, error and metric middleware, resources in cleanup_ctx."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from api import handlers, metrics
+from api.exceptions import ApiError
+from api.keys import LIFECYCLE, OUTCOME, PRODUCER, REDIS, SERVICE, SETTINGS
+from api.producer import AsyncProducer
+from api.service import Budget, RecommendationService
+from store.connect import connect
+from store.keys import Keys
+from store.lifecycle import Lifecycle
+from store.online import OnlineReader
+from tandem.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1 << 20
+CATEGORIES_REFRESH_S = 60.0
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer tandem errors as JSON with their status; time every request by route."""
+    started = time.perf_counter()
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    outcome = "ok"
+    try:
+        response = await handler(request)
+        outcome = request.get(OUTCOME, "ok")
+        return response
+    except ApiError as e:
+        outcome = str(e.status)
+        body = {"error": str(e), "field": e.field, "index": e.index}
+        return web.Response(
+            body=orjson.dumps(body), status=e.status, content_type="application/json"
+        )
+    except web.HTTPException as e:
+        outcome = str(e.status)
+        raise
+    finally:
+        metrics.REQUESTS.labels(route, outcome).observe(time.perf_counter() - started)
+
+
+async def prometheus(_request: web.Request) -> web.Response:
+    """GET /metrics"""
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _clients(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    redis = connect(settings, timeout_s=settings.redis_timeout_s)
+    keys = Keys(settings.key_prefix)
+    executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rerank")
+    budget = Budget(
+        settings.api_deadline_ms, settings.api_redis_timeout_ms, settings.api_cache_ttl_s
+    )
+    app[REDIS] = redis
+    app[LIFECYCLE] = Lifecycle(redis, keys)
+    app[SERVICE] = RecommendationService(OnlineReader(redis, keys), budget, executor)
+    app[PRODUCER] = AsyncProducer(settings, asyncio.get_running_loop())
+    refresher = asyncio.create_task(_refresh_categories(app))
+    yield
+    refresher.cancel()
+    await app[SERVICE].drain()
+    await asyncio.to_thread(app[PRODUCER].close)
+    executor.shutdown(wait=False, cancel_futures=True)
+    await redis.aclose()
+
+
+async def _refresh_categories(app: web.Application) -> None:
+    reader = OnlineReader(app[REDIS], Keys(app[SETTINGS].key_prefix))
+    while True:
+        try:
+            app[SERVICE].categories = await reader.categories()
+        except Exception as e:
+            log.warning("could not load item categories: %s", e)
+        await asyncio.sleep(CATEGORIES_REFRESH_S)
+
+
+def create_app(settings: Settings) -> web.Application:
+    """The API with its routes; clients are opened when it starts."""
+    app = web.Application(middlewares=[errors_and_metrics], client_max_size=MAX_BODY_BYTES)
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_clients)
+    app.router.add_get("/v1/recommendations/{user_id}", handlers.recommendations)
+    app.router.add_post("/v1/events", handlers.post_events)
+    app.router.add_get("/v1/stores", handlers.stores)
+    app.router.add_get("/v1/stores/{store}/versions", handlers.store_versions)
+    app.router.add_post("/v1/stores/{store}/rollback", handlers.rollback)
+    app.router.add_get("/healthz", handlers.healthz)
+    app.router.add_get("/readyz", handlers.readyz)
+    app.router.add_get("/metrics", prometheus)
+    app.router.add_get("/openapi.json", handlers.openapi)
+    return app

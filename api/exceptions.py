@@ -1,0 +1,47 @@
+"""Errors of the API, each carrying its HTTP status."""
+
+from __future__ import annotations
+
+from tandem.exceptions import TandemError
+
+
+class ApiError(TandemError):
+    """An error answered as JSON with ``status``."""
+
+    status = 500
+
+    def __init__(self, message: str, *, field: str | None = None, index: int | None = None):
+        super().__init__(message)
+        self.field = field
+        self.index = index
+
+
+class BadRequest(ApiError):
+    """The request breaks the contract; ``field`` (and ``index`` in a batch) say where."""
+
+    status = 400
+
+
+class Unauthorized(ApiError):
+    """No bearer token."""
+
+    status = 401
+
+
+class Forbidden(ApiError):
+    """A wrong bearer token."""
+
+    status = 403
+
+
+class NotFound(ApiError):
+    """Nothing at that path (or the feature is off)."""
+
+    status = 404
+
+
+class Unavailable(ApiError):
+    """A dependency is down; the client may retry."""
+
+    status = 503
+    retriable = True

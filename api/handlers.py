@@ -1,0 +1,167 @@
+"""HTTP handlers. Clients live in the application's AppKeys (see api/app.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+
+import orjson
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from api import metrics
+from api.exceptions import BadRequest, Forbidden, NotFound, Unauthorized, Unavailable
+from api.keys import LIFECYCLE, OUTCOME, PRODUCER, REDIS, SERVICE, SETTINGS
+from api.openapi import document
+from store.registry import State
+from tandem.exceptions import TandemError, ValidationError
+from tandem.ids import check_id, check_store
+from tandem.schemas import DEVICES, parse_event
+
+MAX_K = 200
+MAX_EVENTS = 1000
+
+
+def _json(body: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+def _k(request: web.Request) -> int:
+    raw = request.query.get("k", "20")
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_K:
+        raise BadRequest(f"k must be an integer from 1 to {MAX_K}", field="k")
+    return int(raw)
+
+
+def _device(request: web.Request) -> str | None:
+    device = request.query.get("device")
+    if device is not None and device not in DEVICES:
+        raise BadRequest("device must be one of " + ", ".join(sorted(DEVICES)), field="device")
+    return device
+
+
+async def recommendations(request: web.Request) -> web.Response:
+    """GET /v1/recommendations/{user_id}?k=20&device=mobile"""
+    try:
+        user = check_id(request.match_info["user_id"], "user_id")
+    except ValidationError as e:
+        raise BadRequest(str(e), field="user_id") from e
+    answer = await request.app[SERVICE].recommend(user, _k(request), _device(request))
+    request[OUTCOME] = answer.outcome
+    return web.Response(body=answer.body, content_type="application/json")
+
+
+async def post_events(request: web.Request) -> web.Response:
+    """POST /v1/events: one event object or a list of at most 1,000."""
+    try:
+        payload = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as e:
+        raise BadRequest(f"body is not valid JSON: {e}", field="body") from e
+    batch = payload if isinstance(payload, list) else [payload]
+    if not 1 <= len(batch) <= MAX_EVENTS:
+        raise BadRequest(f"send 1 to {MAX_EVENTS} events per request", field="body")
+    now_ms = time.time_ns() // 1_000_000
+    events = []
+    for index, item in enumerate(batch):
+        try:
+            events.append(parse_event(item, now_ms))
+        except ValidationError as e:
+            raise BadRequest(f"event {index}: {e}", field=e.field, index=index) from e
+    producer = request.app[PRODUCER]
+    acks = [producer.send_event(event.user_id, event.to_json()) for event in events]
+    results = await asyncio.gather(*acks, return_exceptions=True)
+    failed = [r for r in results if isinstance(r, BaseException)]
+    if failed:
+        raise Unavailable(
+            f"{len(failed)} of {len(events)} events were not acknowledged by the "
+            f"broker; none should be considered accepted ({failed[0]})"
+        )
+    metrics.EVENTS.inc(len(events))
+    return _json({"accepted": len(events), "event_ids": [e.event_id for e in events]}, 202)
+
+
+def _require_admin(request: web.Request) -> None:
+    token = request.app[SETTINGS].admin_token
+    if token is None:
+        raise NotFound("admin endpoints are off: set TANDEM_ADMIN_TOKEN to enable them")
+    given = request.headers.get("Authorization", "")
+    if not given.startswith("Bearer "):
+        raise Unauthorized("send Authorization: Bearer <token>")
+    if not hmac.compare_digest(given[7:].encode(), token.get_secret_value().encode()):
+        raise Forbidden("wrong admin token")
+
+
+def _store(request: web.Request) -> str:
+    try:
+        store = check_store(request.match_info["store"])
+    except ValidationError as e:
+        raise BadRequest(str(e), field="store") from e
+    if store not in request.app[SETTINGS].stores:
+        raise NotFound(f"unknown store {store!r}")
+    return store
+
+
+async def stores(request: web.Request) -> web.Response:
+    """GET /v1/stores (admin)"""
+    _require_admin(request)
+    lifecycle = request.app[LIFECYCLE]
+    body = [
+        {"store": s, "live": await lifecycle.live(s), "backup": await lifecycle.backup(s)}
+        for s in sorted(request.app[SETTINGS].stores)
+    ]
+    return _json({"stores": body})
+
+
+async def store_versions(request: web.Request) -> web.Response:
+    """GET /v1/stores/{store}/versions (admin)"""
+    _require_admin(request)
+    store = _store(request)
+    lifecycle = request.app[LIFECYCLE]
+    found = await lifecycle.registry.list(store)
+    return _json(
+        {
+            "store": store,
+            "live": await lifecycle.live(store),
+            "backup": await lifecycle.backup(store),
+            "versions": [info.to_dict() for info in found],
+        }
+    )
+
+
+async def rollback(request: web.Request) -> web.Response:
+    """POST /v1/stores/{store}/rollback (admin)"""
+    _require_admin(request)
+    store = _store(request)
+    try:
+        rolled_back, live = await request.app[LIFECYCLE].rollback(store)
+    except TandemError as e:
+        return _json({"error": str(e)}, 409)
+    request.app[PRODUCER].announce(store, live, State.LIVE.value, rolled_back_from=rolled_back)
+    return _json({"store": store, "rolled_back": rolled_back, "live": live})
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    """GET /healthz: the process is alive."""
+    return _json({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """GET /readyz: Redis and the broker answer, and some store has a live version."""
+    checks: dict[str, bool] = {}
+    try:
+        checks["redis"] = bool(await asyncio.wait_for(request.app[REDIS].ping(), 1.0))
+        lifecycle = request.app[LIFECYCLE]
+        lives = [await lifecycle.live(s) for s in request.app[SETTINGS].stores]
+        checks["live_version"] = any(v is not None for v in lives)
+    except (RedisError, OSError, TimeoutError):
+        checks["redis"] = False
+        checks["live_version"] = False
+    checks["broker"] = await asyncio.to_thread(request.app[PRODUCER].broker_reachable)
+    ready = all(checks.values())
+    return _json({"ready": ready, "checks": checks}, 200 if ready else 503)
+
+
+async def openapi(request: web.Request) -> web.Response:
+    """GET /openapi.json"""
+    return _json(document())

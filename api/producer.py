@@ -1,0 +1,78 @@
+"""An asyncio face on the confluent-kafka producer: a future per event, resolved on ack."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from api.exceptions import Unavailable
+from tandem import topics
+from tandem.announce import announce
+from tandem.kafka import producer_config
+from tandem.settings import Settings
+
+DELIVERY_TIMEOUT_MS = 5000
+
+
+class AsyncProducer:
+    """Idempotent producer for ``tandem.events``; a thread serves its delivery callbacks."""
+
+    def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._producer = Producer(
+            producer_config(settings, bulk=False, **{"message.timeout.ms": DELIVERY_TIMEOUT_MS})
+        )
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="kafka-acks", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(0.05)
+
+    def _ack(self, future: asyncio.Future[None], err: KafkaError | None, _msg: Message) -> None:
+        def settle() -> None:
+            if future.done():
+                return
+            if err is None:
+                future.set_result(None)
+            else:
+                future.set_exception(Unavailable(f"the broker did not take the event: {err.str()}"))
+
+        self._loop.call_soon_threadsafe(settle)
+
+    def send_event(self, user_id: str, value: bytes) -> asyncio.Future[None]:
+        """Queue one event keyed by its user; the future completes when the broker acks it."""
+        future: asyncio.Future[None] = self._loop.create_future()
+        try:
+            self._producer.produce(
+                topics.EVENTS,
+                key=user_id.encode(),
+                value=value,
+                on_delivery=lambda e, m: self._ack(future, e, m),
+            )
+        except BufferError as e:
+            raise Unavailable("too many events waiting for the broker; retry shortly") from e
+        except KafkaException as e:
+            raise Unavailable(f"the producer refused the event: {e}") from e
+        return future
+
+    def announce(self, store: str, version: int, state: str, **fields: object) -> None:
+        """Queue a lifecycle record on tandem.versions (a rollback made through the API)."""
+        announce(self._producer, store, version, state, **fields)
+
+    def broker_reachable(self, timeout_s: float = 1.0) -> bool:
+        """Whether a metadata request succeeds (blocking: call it from a thread)."""
+        try:
+            self._producer.list_topics(topic=topics.EVENTS, timeout=timeout_s)
+        except KafkaException:
+            return False
+        return True
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Deliver what is queued, then stop the ack thread."""
+        self._producer.flush(timeout_s)
+        self._stop.set()
+        self._thread.join(timeout_s)

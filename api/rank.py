@@ -1,0 +1,66 @@
+"""Merging candidate sources and ordering them: pure code, tested without services."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from tandem.features import FROM_I2I, FROM_POPULAR, FROM_U2I, Candidate
+
+MAX_CANDIDATES = 400
+SESSION_SEEDS = 5
+EXCLUDED_EVENTS = frozenset({"purchase", "dislike"})
+
+
+@dataclass(frozen=True, slots=True)
+class SessionView:
+    """What ranking needs of a session."""
+
+    recent_items: list[tuple[str, str, int]]  # (item, event type, ts_ms), oldest first
+    affinity: dict[str, float]
+    events: int
+
+    @property
+    def excluded(self) -> set[str]:
+        """Items not to recommend again (bought or disliked in this session)."""
+        return {item for item, kind, _ in self.recent_items if kind in EXCLUDED_EVENTS}
+
+    def seeds(self) -> list[tuple[str, int]]:
+        """The newest distinct session items (item, ts_ms) whose similar items are candidates."""
+        found: dict[str, int] = {}
+        for item, kind, ts in reversed(self.recent_items):
+            if kind not in EXCLUDED_EVENTS and item not in found:
+                found[item] = ts
+            if len(found) == SESSION_SEEDS:
+                break
+        return list(found.items())
+
+
+def merge(
+    u2i: tuple[list[str], list[float]],
+    i2i: Iterable[tuple[int, tuple[list[str], list[float]]]],
+    popular: tuple[list[str], list[float]],
+    excluded: set[str],
+) -> list[Candidate]:
+    """One list of distinct candidates: user candidates first, then items similar to the
+    session's items (``(related_ms, list)`` pairs), then popular items as the fallback."""
+    merged: dict[str, Candidate] = {}
+
+    def add(ids: Sequence[str], scores: Sequence[float], source: int, related_ms: int) -> None:
+        for rank, (item, score) in enumerate(zip(ids, scores, strict=True)):
+            if item in excluded:
+                continue
+            found = merged.get(item)
+            if found is None:
+                if len(merged) >= MAX_CANDIDATES:
+                    return
+                merged[item] = Candidate(item, score, rank, source, related_ms)
+            else:
+                found.sources |= source
+                found.related_ms = max(found.related_ms, related_ms)
+
+    add(*u2i, FROM_U2I, 0)
+    for related_ms, (ids, scores) in i2i:
+        add(ids, scores, FROM_I2I, related_ms)
+    add(*popular, FROM_POPULAR, 0)
+    return list(merged.values())

@@ -1,0 +1,262 @@
+"""The recommendation itself: read, merge, re-rank under a deadline, answer, cache."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+from redis.exceptions import RedisError
+
+from api import metrics
+from api.exceptions import Unavailable
+from api.rank import SessionView, merge
+from api.reranker import Reranker, load_reranker
+from store.online import OnlineReader, RequestData, Versions
+from tandem.features import FROM_I2I, FROM_POPULAR, FROM_U2I, Candidate, Context, build_features
+
+log = logging.getLogger(__name__)
+
+SOURCE_NAMES = ((FROM_U2I, "u2i"), (FROM_I2I, "i2i"), (FROM_POPULAR, "popular"))
+NO_SESSION = SessionView([], {}, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A response body and how it was made (ok, cached or degraded), for metrics."""
+
+    body: bytes
+    outcome: str
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long a request may take, and how long each Redis call may."""
+
+    deadline_ms: int
+    redis_timeout_ms: int
+    cache_ttl_s: int
+
+
+def _session(raw: bytes | None) -> tuple[SessionView, str | None]:
+    if raw is None:
+        return NO_SESSION, None
+    try:
+        body = orjson.loads(raw)
+        items = [(str(i), str(t), int(ts)) for i, t, ts in body.get("items", ())]
+        counts = body.get("counts", {})
+        return SessionView(items, dict(body.get("aff", {})), sum(counts.values())), body.get("dev")
+    except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError):
+        log.warning("ignoring an unreadable session")
+        return NO_SESSION, None
+
+
+def _sources(mask: int) -> list[str]:
+    return [name for bit, name in SOURCE_NAMES if mask & bit]
+
+
+class RecommendationService:
+    """Everything one API process needs to answer ``GET /v1/recommendations/{user}``."""
+
+    def __init__(self, reader: OnlineReader, budget: Budget, executor: Executor) -> None:
+        self._reader = reader
+        self._budget = budget
+        self._executor = executor
+        self._rerankers: dict[int | None, Reranker] = {None: load_reranker(None, 0)}
+        self.categories: dict[str, str] = {}
+        self.snapshot: dict[str, tuple[list[str], list[float]]] = {}
+        self._pending_writes: set[asyncio.Task[None]] = set()
+
+    async def recommend(self, user: str, k: int, device: str | None) -> Answer:
+        """The JSON answer for ``user``; degraded (never late) when the budget runs out."""
+        started = time.perf_counter()
+        deadline = started + self._budget.deadline_ms / 1000
+        segment = f"device:{device}" if device else "global"
+        try:
+            data = await asyncio.wait_for(
+                self._reader.read(user, k, device or "any", segment), self._redis_timeout(deadline)
+            )
+        except (RedisError, OSError, TimeoutError) as e:
+            return self._from_snapshot(user, k, segment, started, e)
+        if data.cached is not None:
+            metrics.CACHE_HITS.inc()
+            return Answer(_envelope(data.cached, cached=True, started=started), "cached")
+        if data.popular[0]:
+            self.snapshot[segment] = data.popular
+        _observe(data.versions)
+        session, session_device = _session(data.session)
+        candidates = merge(
+            data.u2i, await self._similar(data, session, deadline), data.popular, session.excluded
+        )
+        context = Context(
+            int(time.time() * 1000), device or session_device, session.affinity, session.events
+        )
+        reranker = await self._reranker(data.versions.u2i, deadline)
+        order, scores, degraded = await self._rank(
+            candidates, context, data.trending, reranker, deadline
+        )
+        items = [
+            {
+                "item_id": candidates[i].item_id,
+                "score": round(float(scores[i]), 6),
+                "sources": _sources(candidates[i].sources),
+            }
+            for i in order[:k]
+        ]
+        core = _core(
+            user, items, data.versions, reranker.name, degraded, "deadline" if degraded else None
+        )
+        if not degraded:
+            self._cache(data.cache_key, core)
+        body = _envelope(core, cached=False, started=started)
+        return Answer(body, "degraded" if degraded else "ok")
+
+    def _redis_timeout(self, deadline: float) -> float:
+        left = max(0.0, deadline - time.perf_counter())
+        return min(left, self._budget.redis_timeout_ms / 1000)
+
+    async def _similar(
+        self, data: RequestData, session: SessionView, deadline: float
+    ) -> list[tuple[int, tuple[list[str], list[float]]]]:
+        seeds = session.seeds()
+        if not seeds or data.versions.i2i is None:
+            return []
+        try:
+            lists = await asyncio.wait_for(
+                self._reader.similar(data.versions.i2i, [item for item, _ in seeds]),
+                self._redis_timeout(deadline),
+            )
+        except (RedisError, OSError, TimeoutError):
+            log.warning("i2i read failed or timed out; answering without session candidates")
+            return []
+        return [(ts, found) for (_, ts), found in zip(seeds, lists, strict=True) if found]
+
+    async def _reranker(self, version: int | None, deadline: float) -> Reranker:
+        found = self._rerankers.get(version)
+        if found is not None:
+            return found
+        if version is None:
+            return self._rerankers[None]
+        try:
+            text = await asyncio.wait_for(
+                self._reader.model(version), self._redis_timeout(deadline)
+            )
+        except (RedisError, OSError, TimeoutError):
+            return self._rerankers[None]
+        reranker = await asyncio.get_running_loop().run_in_executor(
+            self._executor, load_reranker, text, version
+        )
+        self._rerankers = {None: self._rerankers[None], version: reranker}  # keep one version
+        log.info("u2i v%s: re-ranking with %s", version, reranker.name)
+        return reranker
+
+    async def _rank(
+        self,
+        candidates: list[Candidate],
+        context: Context,
+        trending: dict[str, float],
+        reranker: Reranker,
+        deadline: float,
+    ) -> tuple[list[int], list[float], bool]:
+        batch_order = list(range(len(candidates)))
+        batch_scores = [c.batch_score for c in candidates]
+        if not candidates:
+            return batch_order, batch_scores, False
+        left = deadline - time.perf_counter()
+        try:
+            if left <= 0:
+                raise TimeoutError
+            scores = await asyncio.wait_for(
+                asyncio.get_running_loop().run_in_executor(
+                    self._executor, self._score, reranker, candidates, context, trending
+                ),
+                left,
+            )
+        except TimeoutError:
+            metrics.DEGRADED.labels("deadline").inc()
+            return batch_order, batch_scores, True
+        order = np.argsort(-scores, kind="stable").tolist()
+        return order, scores.tolist(), False
+
+    def _score(
+        self,
+        reranker: Reranker,
+        candidates: list[Candidate],
+        context: Context,
+        trending: dict[str, float],
+    ) -> Any:
+        with metrics.RERANK.time():
+            return reranker.score(build_features(candidates, context, self.categories, trending))
+
+    def _from_snapshot(
+        self, user: str, k: int, segment: str, started: float, error: BaseException
+    ) -> Answer:
+        popular = self.snapshot.get(segment) or self.snapshot.get("global")
+        if popular is None:
+            raise Unavailable(
+                "Redis is unreachable and no popular items are cached yet; retry shortly"
+            ) from error
+        metrics.DEGRADED.labels("redis").inc()
+        items = [
+            {"item_id": i, "score": round(s, 6), "sources": ["popular"]}
+            for i, s in zip(*popular, strict=True)
+        ][:k]
+        core = _core(user, items, Versions(None, None, None), "none", True, "redis unavailable")
+        return Answer(_envelope(core, cached=False, started=started), "degraded")
+
+    def _cache(self, key: str, core: bytes) -> None:
+        task = asyncio.create_task(self._write_cache(key, core))
+        self._pending_writes.add(task)
+        task.add_done_callback(self._pending_writes.discard)
+
+    async def _write_cache(self, key: str, core: bytes) -> None:
+        try:
+            await self._reader.store_answer(key, core, self._budget.cache_ttl_s)
+        except (RedisError, OSError) as e:
+            log.warning("could not cache an answer: %s", e)
+
+    async def drain(self) -> None:
+        """Wait for cache writes still in flight (at shutdown)."""
+        if self._pending_writes:
+            await asyncio.gather(*self._pending_writes, return_exceptions=True)
+
+
+def _observe(versions: Versions) -> None:
+    for store, version in (
+        ("u2i", versions.u2i),
+        ("i2i", versions.i2i),
+        ("popular", versions.popular),
+    ):
+        if version is not None:
+            metrics.LIVE_VERSION.labels(store).set(version)
+
+
+def _core(
+    user: str,
+    items: list[dict[str, Any]],
+    versions: Versions,
+    reranker: str,
+    degraded: bool,
+    reason: str | None,
+) -> bytes:
+    return orjson.dumps(
+        {
+            "user_id": user,
+            "items": items,
+            "versions": {"u2i": versions.u2i, "i2i": versions.i2i, "popular": versions.popular},
+            "reranker": reranker,
+            "degraded": degraded,
+            "degraded_reason": reason,
+        }
+    )
+
+
+def _envelope(core: bytes, *, cached: bool, started: float) -> bytes:
+    took_ms = (time.perf_counter() - started) * 1000
+    head = b'{"cached":%s,"took_ms":%.3f,' % (b"true" if cached else b"false", took_ms)
+    return head + core[1:]
