@@ -41,26 +41,29 @@ def merge(
     i2i: Iterable[tuple[int, tuple[list[str], list[float]]]],
     popular: tuple[list[str], list[float]],
     excluded: set[str],
+    want: int,
 ) -> list[Candidate]:
     """One list of distinct candidates: user candidates first, then items similar to the
-    session's items (``(related_ms, list)`` pairs), then popular items as the fallback."""
+    session's items (``(related_ms, list)`` pairs), then popular items as the fallback, only
+    while there are fewer than ``want``."""
     merged: dict[str, Candidate] = {}
 
-    def add(ids: Sequence[str], scores: Sequence[float], source: int, related_ms: int) -> None:
-        for rank, (item, score) in enumerate(zip(ids, scores, strict=True)):
-            if item in excluded:
-                continue
+    def add(
+        ids: Sequence[str], scores: Sequence[float], source: int, related_ms: int, limit: int
+    ) -> None:
+        for rank, item in enumerate(ids):
             found = merged.get(item)
-            if found is None:
-                if len(merged) >= MAX_CANDIDATES:
-                    return
-                merged[item] = Candidate(item, score, rank, source, related_ms)
-            else:
+            if found is not None:
                 found.sources |= source
                 found.related_ms = max(found.related_ms, related_ms)
+            elif item not in excluded:
+                if len(merged) >= limit:
+                    return
+                merged[item] = Candidate(item, scores[rank], rank, source, related_ms)
 
-    add(*u2i, FROM_U2I, 0)
+    add(*u2i, FROM_U2I, 0, MAX_CANDIDATES)
     for related_ms, (ids, scores) in i2i:
-        add(ids, scores, FROM_I2I, related_ms)
-    add(*popular, FROM_POPULAR, 0)
+        add(ids, scores, FROM_I2I, related_ms, MAX_CANDIDATES)
+    if len(merged) < want:
+        add(*popular, FROM_POPULAR, 0, want)
     return list(merged.values())

@@ -18,21 +18,26 @@ class Reranker(Protocol):
     """Scores a feature matrix (rows in :data:`tandem.features.FEATURES` order)."""
 
     name: str
+    inline: bool  # cheap and bounded enough to run on the event loop, skipping the thread hop
 
     def score(self, features: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]: ...
 
 
 class HeuristicReranker:
-    """Used while the live version carries no trained model."""
+    """Used while the live version carries no trained model (a few vector operations)."""
 
     name = "heuristic"
+    inline = True
 
     def score(self, features: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         return heuristic_scores(features)
 
 
 class LightGBMReranker:
-    """A LightGBM booster trained on the shared features."""
+    """A LightGBM booster trained on the shared features (scored in a thread: it releases the
+    GIL, and the deadline can abandon it)."""
+
+    inline = False
 
     def __init__(self, model_text: str, version: int) -> None:
         self.booster = lgb.Booster(model_str=model_text)

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 SOURCE_NAMES = ((FROM_U2I, "u2i"), (FROM_I2I, "i2i"), (FROM_POPULAR, "popular"))
 NO_SESSION = SessionView([], {}, 0)
+MIN_CANDIDATES = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +91,9 @@ class RecommendationService:
             self.snapshot[segment] = data.popular
         _observe(data.versions)
         session, session_device = _session(data.session)
+        similar = await self._similar(data, session, deadline)
         candidates = merge(
-            data.u2i, await self._similar(data, session, deadline), data.popular, session.excluded
+            data.u2i, similar, data.popular, session.excluded, want=max(3 * k, MIN_CANDIDATES)
         )
         context = Context(
             int(time.time() * 1000), device or session_device, session.affinity, session.events
@@ -168,6 +170,9 @@ class RecommendationService:
         if not candidates:
             return batch_order, batch_scores, False
         left = deadline - time.perf_counter()
+        if getattr(reranker, "inline", False) and left > 0:
+            scores = self._score(reranker, candidates, context, trending)
+            return np.argsort(-scores, kind="stable").tolist(), scores.tolist(), False
         try:
             if left <= 0:
                 raise TimeoutError

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from benchmarks import common, freshness_bench, pipeline_bench, store_bench
+from benchmarks import api_bench, common, freshness_bench, pipeline_bench, store_bench
 from tandem.settings import Settings
 
 RESULTS = Path("benchmarks/RESULTS.md")
@@ -146,4 +146,24 @@ def bench_freshness(
         f"--changelog-batch-bytes {changelog_batch_bytes}",
         result.markdown(),
         write,
+    )
+
+
+@bench.command("api")
+@click.option("--users", default=20_000, show_default=True, type=click.IntRange(100, 10**6))
+@click.option(
+    "--seconds",
+    default=3.0,
+    show_default=True,
+    type=click.FloatRange(1, 60),
+    help="How long each rate is offered.",
+)
+@write_option
+@click.pass_context
+def bench_api(ctx: click.Context, users: int, seconds: float, write: Path | None) -> None:
+    """Open-loop p50/p95/p99 and the highest rate with p99 < 10 ms: tandem vs a bare handler."""
+    with common.services(_settings(ctx)) as settings:
+        result = api_bench.run(settings, users, seconds)
+    _report(
+        "api", f"tandem bench api --users {users} --seconds {seconds:g}", result.markdown(), write
     )

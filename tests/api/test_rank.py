@@ -26,6 +26,7 @@ def test_merge_dedupes_keeps_sources_and_excludes() -> None:
         [(NOW - 1000, (["b", "x"], [0.5, 0.4]))],
         (["x", "p", "c"], [1.0, 0.9, 0.8]),
         excluded={"c"},
+        want=10,
     )
     assert [c.item_id for c in merged] == ["a", "b", "x", "p"]
     by_id = {c.item_id: c for c in merged}
@@ -33,6 +34,8 @@ def test_merge_dedupes_keeps_sources_and_excludes() -> None:
     assert by_id["b"].related_ms == NOW - 1000
     assert by_id["x"].sources == FROM_I2I | FROM_POPULAR
     assert by_id["p"].batch_rank == 1
+    enough = merge((["a", "b"], [0.9, 0.8]), [], (["p"], [1.0]), set(), want=2)
+    assert [c.item_id for c in enough] == ["a", "b"]  # popular only as a fallback
 
 
 def test_session_view_seeds_and_exclusions() -> None:

@@ -161,6 +161,7 @@ async def test_answers_use_one_version_while_cutting_over(
 
 class SlowReranker:
     name = "slow"
+    inline = False
 
     def score(self, features: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         time.sleep(1.0)

@@ -1,0 +1,43 @@
+"""The baseline of ``tandem bench api``: an aiohttp handler doing one Redis GET of the same bytes.
+
+Run as ``python -m benchmarks.bare_server PORT REDIS_URL PREFIX``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+
+import uvloop
+from aiohttp import web
+from redis.asyncio import Redis
+
+REDIS = web.AppKey("redis", Redis)
+PREFIX = web.AppKey("prefix", str)
+
+
+async def bare(request: web.Request) -> web.Response:
+    """GET /bare/{user}: the stored bytes of the user's candidate list, as they are."""
+    value = await request.app[REDIS].get(request.app[PREFIX] + request.match_info["user"])
+    return web.Response(body=value or b"", content_type="application/octet-stream")
+
+
+def main() -> None:
+    """Serve until terminated."""
+    port, url, prefix = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+
+    async def clients(app: web.Application) -> AsyncIterator[None]:
+        app[REDIS] = Redis.from_url(url)
+        yield
+        await app[REDIS].aclose()
+
+    app = web.Application()
+    app[PREFIX] = prefix
+    app.cleanup_ctx.append(clients)
+    app.router.add_get("/bare/{user}", bare)
+    uvloop.install()
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+if __name__ == "__main__":
+    main()
