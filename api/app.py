@@ -26,7 +26,6 @@ from tandem.settings import Settings
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1 << 20
-CATEGORIES_REFRESH_S = 60.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -72,23 +71,11 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
     app[LIFECYCLE] = Lifecycle(redis, keys)
     app[SERVICE] = RecommendationService(OnlineReader(redis, keys), budget, executor)
     app[PRODUCER] = AsyncProducer(settings, asyncio.get_running_loop())
-    refresher = asyncio.create_task(_refresh_categories(app))
     yield
-    refresher.cancel()
     await app[SERVICE].drain()
     await asyncio.to_thread(app[PRODUCER].close)
     executor.shutdown(wait=False, cancel_futures=True)
     await redis.aclose()
-
-
-async def _refresh_categories(app: web.Application) -> None:
-    reader = OnlineReader(app[REDIS], Keys(app[SETTINGS].key_prefix))
-    while True:
-        try:
-            app[SERVICE].categories = await reader.categories()
-        except Exception as e:
-            log.warning("could not load item categories: %s", e)
-        await asyncio.sleep(CATEGORIES_REFRESH_S)
 
 
 def create_app(settings: Settings) -> web.Application:

@@ -98,7 +98,7 @@ class RecommendationService:
         context = Context(
             int(time.time() * 1000), device or session_device, session.affinity, session.events
         )
-        reranker = await self._reranker(data.versions.u2i, deadline)
+        reranker = await self._assets(data.versions.u2i, deadline)
         order, scores, degraded = await self._rank(
             candidates, context, data.trending, reranker, deadline
         )
@@ -138,15 +138,16 @@ class RecommendationService:
             return []
         return [(ts, found) for (_, ts), found in zip(seeds, lists, strict=True) if found]
 
-    async def _reranker(self, version: int | None, deadline: float) -> Reranker:
+    async def _assets(self, version: int | None, deadline: float) -> Reranker:
+        """The re-ranker of a u2i version (and its item categories), loaded once per version."""
         found = self._rerankers.get(version)
         if found is not None:
             return found
         if version is None:
             return self._rerankers[None]
         try:
-            text = await asyncio.wait_for(
-                self._reader.model(version), self._redis_timeout(deadline)
+            text, categories = await asyncio.wait_for(
+                self._reader.attachments(version), self._redis_timeout(deadline)
             )
         except (RedisError, OSError, TimeoutError):
             return self._rerankers[None]
@@ -154,7 +155,13 @@ class RecommendationService:
             self._executor, load_reranker, text, version
         )
         self._rerankers = {None: self._rerankers[None], version: reranker}  # keep one version
-        log.info("u2i v%s: re-ranking with %s", version, reranker.name)
+        self.categories = categories
+        log.info(
+            "u2i v%s: re-ranking with %s, %d item categories",
+            version,
+            reranker.name,
+            len(categories),
+        )
         return reranker
 
     async def _rank(

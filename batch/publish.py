@@ -17,7 +17,16 @@ from store.codec import encode
 from tandem import topics
 from tandem.announce import announce
 from tandem.checksum import combine, record_digest, to_hex
-from tandem.control import Control, EndOfPush, Headers, StartOfPush, control_headers, record_headers
+from tandem.control import (
+    ATTACHMENTS,
+    Control,
+    EndOfPush,
+    Headers,
+    StartOfPush,
+    attachment_headers,
+    control_headers,
+    record_headers,
+)
 from tandem.exceptions import ServiceError
 from tandem.kafka import admin, create_topics, existing_topics, producer_config
 from tandem.schemas import CandidateList
@@ -132,6 +141,7 @@ class Publisher:
         rows: Iterable[CandidateList],
         *,
         metadata: dict[str, Any] | None = None,
+        attachments: dict[str, bytes] | None = None,
         partitions: int | None = None,
         on_record: Callable[[], object] | None = None,
     ) -> PushResult:
@@ -148,6 +158,8 @@ class Publisher:
         sop_headers = control_headers(Control.START_OF_PUSH, store, version)
         for partition in range(parts):
             self._send(topic, None, start, partition, sop_headers, report)
+        for name, blob in (attachments or {}).items():
+            self._attach(result, name, blob, report)
         log.info("push %s: started with %d partitions", topic, parts)
         self._write_records(result, rows, report, on_record)
         self._flush(report, f"push {topic}")
@@ -176,6 +188,17 @@ class Publisher:
             result.seconds,
         )
         return result
+
+    def _attach(self, result: PushResult, name: str, blob: bytes, report: _Deliveries) -> None:
+        if name not in ATTACHMENTS:
+            raise PushError(f"unknown attachment {name!r} (known: {sorted(ATTACHMENTS)})")
+        if len(blob) > self._settings.max_record_bytes:
+            raise PushError(
+                f"attachment {name!r} is {len(blob)} bytes, over the "
+                f"{self._settings.max_record_bytes}-byte limit (TANDEM_MAX_RECORD_BYTES)"
+            )
+        headers = attachment_headers(result.store, result.version, name)
+        self._send(result.topic, None, blob, 0, headers, report)
 
     def _write_records(
         self,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from confluent_kafka import Producer
 from redis.asyncio import Redis
@@ -21,7 +21,14 @@ from store.progress import PartitionProgress, RecordStat, record_stat
 from store.registry import Registry, State
 from store.writer import VersionWriter
 from tandem import topics
-from tandem.control import Control, EndOfPush, StartOfPush, control_kind, dlq_headers
+from tandem.control import (
+    Control,
+    EndOfPush,
+    StartOfPush,
+    attachment_name,
+    control_kind,
+    dlq_headers,
+)
 from tandem.exceptions import ServiceError, ValidationError
 from tandem.ids import check_id
 from tandem.settings import Settings
@@ -39,6 +46,7 @@ class Plan:
     entries: list[tuple[str, bytes]]
     dead: list[tuple[Record, str]]
     start: StartOfPush | None
+    attachments: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 def plan_batch(before: PartitionProgress, messages: Sequence[Record]) -> Plan:
@@ -48,6 +56,7 @@ def plan_batch(before: PartitionProgress, messages: Sequence[Record]) -> Plan:
     dead: list[tuple[Record, str]] = []
     start: StartOfPush | None = None
     end: EndOfPush | None = None
+    attachments: list[tuple[str, bytes]] = []
     for msg in messages:
         try:
             kind = control_kind(msg.headers)
@@ -55,6 +64,8 @@ def plan_batch(before: PartitionProgress, messages: Sequence[Record]) -> Plan:
                 start = StartOfPush.decode(msg.value)
             elif kind is Control.END_OF_PUSH:
                 end = EndOfPush.decode(msg.value)
+            elif kind is Control.ATTACHMENT:
+                attachments.append((attachment_name(msg.headers), msg.value or b""))
             else:
                 entity, value = _record(msg)
                 size, finite = summarize(value)
@@ -67,7 +78,7 @@ def plan_batch(before: PartitionProgress, messages: Sequence[Record]) -> Plan:
         after = replace(after, started=True)
     if end is not None:
         after = replace(after, eop_count=end.count, eop_checksum=end.checksum)
-    return Plan(replace(after, dlq=before.dlq + len(dead)), entries, dead, start)
+    return Plan(replace(after, dlq=before.dlq + len(dead)), entries, dead, start, attachments)
 
 
 def _record(msg: Record) -> tuple[str, bytes]:
@@ -128,6 +139,8 @@ class VersionSink:
                 self._dead_letter(topics.version_topic(store, version), partition, plan.dead)
             if plan.start is not None:
                 await self._register(store, version, plan.start)
+            for name, value in plan.attachments:
+                await writer.put_attachment(name, value)
             try:
                 await writer.apply(partition, before, plan.after, plan.entries)
             except ProgressConflict:

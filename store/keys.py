@@ -70,13 +70,13 @@ class Keys:
         """Top items of a segment over the recent windows (sorted set, score = event count)."""
         return f"{self.prefix}:trending:{segment}"
 
-    def item_categories(self) -> str:
-        """Hash item id → category (written by the batch stage)."""
-        return f"{self.prefix}:items:category"
+    def attachment(self, store: str, version: int, name: str) -> str:
+        """A blob that came with a version (its re-ranker model, item categories)."""
+        return f"{self.version_root(store, version)}:a:{name}"
 
     def model(self, store: str, version: int) -> str:
         """The re-ranker model that went live with a version (LightGBM text)."""
-        return f"{self.version_root(store, version)}:model"
+        return self.attachment(store, version, "model")
 
     def cache(self, user_id: str, k: int, device: str) -> str:
         """Prefix of a cached answer; epochs and versions are appended (by the Lua read)."""

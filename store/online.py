@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import orjson
 from redis.asyncio import Redis
 
 from store.codec import decode
@@ -97,16 +98,32 @@ class OnlineReader:
         raws = await self._redis.mget([self._keys.entity_unchecked(root, i) for i in items])
         return [decode(raw) if isinstance(raw, bytes) else None for raw in raws]
 
-    async def model(self, version: int) -> bytes | None:
-        """The re-ranker model stored with a u2i version, if it has one."""
-        raw = await self._redis.get(self._keys.model(U2I, version))
-        return raw if isinstance(raw, bytes) else None
+    async def attachments(self, version: int) -> tuple[bytes | None, dict[str, str]]:
+        """The re-ranker model and the item categories stored with a u2i version, if any."""
+        model, categories = await self._redis.mget(
+            self._keys.model(U2I, version), self._keys.attachment(U2I, version, "categories")
+        )
+        return (model if isinstance(model, bytes) else None), parse_categories(categories)
 
     async def store_answer(self, cache_key: str, body: bytes, ttl_s: int) -> None:
         """Cache an answer under the key the first read derived."""
         await self._redis.set(cache_key, body, ex=ttl_s)
 
-    async def categories(self) -> dict[str, str]:
-        """Item → category as the batch stage published it."""
-        raw = await self._redis.hgetall(self._keys.item_categories())
-        return {_text(k): _text(v) for k, v in raw.items()}
+
+def parse_categories(raw: bytes | str | None) -> dict[str, str]:
+    """The ``categories`` attachment: a JSON object item id → category (empty if absent)."""
+    if not isinstance(raw, bytes | str):
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {}
+    return {str(k): str(v) for k, v in body.items()} if isinstance(body, dict) else {}
+
+
+async def live_categories(redis: Redis, keys: Keys) -> tuple[int | None, dict[str, str]]:
+    """The live u2i version and its item categories (for processes outside the request path)."""
+    version = _int(await redis.get(keys.live(U2I)))
+    if version is None:
+        return None, {}
+    return version, parse_categories(await redis.get(keys.attachment(U2I, version, "categories")))

@@ -91,6 +91,12 @@ class VersionWriter:
         self._direct = after
         return after
 
+    async def put_attachment(self, name: str, value: bytes) -> None:
+        """Store a blob that goes live with the version (idempotent), with the version's TTL."""
+        await self._redis.set(
+            self._keys.attachment(self._store, self._version, name), value, ex=self._ttl_s
+        )
+
     async def seal(self) -> PartitionProgress:
         """Mark a direct write complete, as an END_OF_PUSH would; returns the final progress."""
         before = self._direct or await self.load(0)

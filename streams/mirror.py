@@ -7,6 +7,7 @@ from collections import Counter
 from redis.asyncio import Redis
 
 from store.keys import Keys
+from store.online import live_categories
 from streams.trending import WINDOW_MS
 
 EPOCH_TTL_S = 2 * 86400
@@ -64,10 +65,6 @@ class RedisMirror:
         return value
 
     async def categories(self) -> dict[str, str]:
-        """Item → category, as the batch stage published it (empty when it has not)."""
-        raw = await self._redis.hgetall(self._keys.item_categories())
-        return {_text(k): _text(v) for k, v in raw.items()}
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+        """Item → category of the live u2i version (empty when it carries none)."""
+        _, categories = await live_categories(self._redis, self._keys)
+        return categories

@@ -22,6 +22,8 @@ STORE = "tandem.store"
 VERSION = "tandem.version"
 SCHEMA = "tandem.schema"
 SCHEMA_CANDIDATES = b"candidates/1"
+ATTACHMENT_NAME = "tandem.attachment"
+ATTACHMENTS = frozenset({"model", "categories"})
 
 DLQ_REASON = "tandem.dlq.reason"
 DLQ_TOPIC = "tandem.dlq.topic"
@@ -38,6 +40,7 @@ class Control(StrEnum):
 
     START_OF_PUSH = "start_of_push"
     END_OF_PUSH = "end_of_push"
+    ATTACHMENT = "attachment"  # a named blob that goes live with the version (model, categories)
 
 
 def record_headers(store: str, version: int) -> Headers:
@@ -48,6 +51,22 @@ def record_headers(store: str, version: int) -> Headers:
 def control_headers(kind: Control, store: str, version: int) -> Headers:
     """Headers of a control message."""
     return [(CONTROL, kind.value.encode()), *record_headers(store, version)]
+
+
+def attachment_headers(store: str, version: int, name: str) -> Headers:
+    """Headers of an attachment control message."""
+    return [*control_headers(Control.ATTACHMENT, store, version), (ATTACHMENT_NAME, name.encode())]
+
+
+def attachment_name(headers: Sequence[tuple[str, str | bytes | None]] | None) -> str:
+    """The (known) attachment name an attachment message declares."""
+    for name, value in headers or ():
+        if name == ATTACHMENT_NAME:
+            text = value.decode(errors="replace") if isinstance(value, bytes) else value or ""
+            if text in ATTACHMENTS:
+                return text
+            break
+    raise ValidationError(ATTACHMENT_NAME, "must be one of " + ", ".join(sorted(ATTACHMENTS)))
 
 
 def control_kind(headers: Sequence[tuple[str, str | bytes | None]] | None) -> Control | None:

@@ -207,6 +207,8 @@ async def test_event_through_api_and_worker_reaches_the_answer(
 async def test_the_live_versions_model_is_used(client: Client, redis: Redis, keys: Keys) -> None:
     await seed(redis, keys)
     await redis.set(keys.model("u2i", 1), tiny_model(list(FEATURES)))
+    await redis.set(keys.attachment("u2i", 1, "categories"), b'{"a3": "books"}')
     _, body = await get(client, "/v1/recommendations/alice?k=5")
     assert body["reranker"] == "lightgbm:v1"
+    assert client.app[SERVICE].categories == {"a3": "books"}
     assert len(body["items"]) == 5

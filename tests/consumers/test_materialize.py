@@ -39,7 +39,10 @@ async def test_publish_materialize_live(
 ) -> None:
     with Publisher(store_settings) as publisher:
         push = publisher.publish(
-            store, synthetic_candidates(500, 30, seed=1), metadata={"metrics": {"ndcg@10": 0.3}}
+            store,
+            synthetic_candidates(500, 30, seed=1),
+            metadata={"metrics": {"ndcg@10": 0.3}},
+            attachments={"model": b"tree text", "categories": b'{"i1": "books"}'},
         )
     async with materializing(store_settings):
         info = await decided(redis, keys, store, push.version)
@@ -47,6 +50,8 @@ async def test_publish_materialize_live(
     assert info.count == push.count == 500
     assert info.checksum == push.checksum
     assert info.metadata == {"metrics": {"ndcg@10": 0.3}}
+    assert await redis.get(keys.model(store, push.version)) == b"tree text"
+    assert 0 < await redis.ttl(keys.attachment(store, push.version, "categories")) <= 3600
     got = await StoreReader(redis, keys).read(store, "u7")
     expected = next(row for row in synthetic_candidates(500, 30, seed=1) if row.entity_id == "u7")
     assert got.version == push.version
