@@ -15,10 +15,10 @@ from redis.exceptions import RedisError
 
 from api import metrics
 from api.exceptions import Unavailable
-from api.rank import SessionView, merge
 from api.reranker import Reranker, load_reranker
 from store.online import OnlineReader, RequestData, Versions
 from tandem.features import FROM_I2I, FROM_POPULAR, FROM_U2I, Candidate, Context, build_features
+from tandem.ranking import SessionView, merge
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""``tandem publish``: push candidate lists as a new version of a store."""
+"""``tandem publish``, ``tandem data synth`` and ``tandem batch run|evaluate``."""
 
 from __future__ import annotations
 
@@ -8,11 +8,19 @@ import click
 import orjson
 from tqdm import tqdm
 
+from batch import pipeline
 from batch.candidates_io import read_candidates, synthetic_candidates
-from batch.exceptions import InputError
-from batch.publish import Publisher
+from batch.publish import Publisher, PushResult
+from batch.synth import SynthSpec, write
 from tandem.schemas import MAX_CANDIDATES
 from tandem.settings import Settings
+
+STORES = ("u2i", "i2i", "popular")
+
+
+def _settings(ctx: click.Context) -> Settings:
+    settings: Settings = ctx.find_root().obj
+    return settings
 
 
 @click.command()
@@ -61,7 +69,6 @@ def publish(
     seed: int,
 ) -> None:
     """Push candidate lists as a new version of STORE (one topic per version)."""
-    settings: Settings = ctx.find_root().obj
     if (source is None) == (synthetic is None):
         raise click.UsageError("give exactly one of --from FILE and --synthetic N")
     metadata = {}
@@ -72,27 +79,135 @@ def publish(
             raise click.BadParameter(f"not JSON: {e}", param_hint="--metadata") from e
         if not isinstance(metadata, dict):
             raise click.BadParameter("must be a JSON object", param_hint="--metadata")
-    if source is not None:
-        rows = read_candidates(source)
-        total = None
-    else:
-        assert synthetic is not None
-        rows = synthetic_candidates(synthetic, candidates, seed)
-        total = synthetic
-    publisher = Publisher(settings)
-    with tqdm(total=total, desc=f"publish {store}", unit="rec", disable=None) as bar:
-        try:
-            result = publisher.publish(
-                store,
-                rows,
-                metadata=metadata,
-                partitions=partitions,
-                on_record=bar.update,
-            )
-        except InputError:
-            raise
-    click.echo(
-        f"published {store} v{result.version}: {result.count} records in "
-        f"{result.partitions} partitions, checksum {result.checksum} "
-        f"({result.seconds:.1f} s) on topic {result.topic}"
+    rows = (
+        read_candidates(source)
+        if source is not None
+        else synthetic_candidates(synthetic or 0, candidates, seed)
     )
+    with (
+        Publisher(_settings(ctx)) as publisher,
+        tqdm(total=synthetic, desc=f"publish {store}", unit="rec", disable=None) as bar,
+    ):
+        result = publisher.publish(
+            store, rows, metadata=metadata, partitions=partitions, on_record=bar.update
+        )
+    click.echo(_pushed(result))
+
+
+def _pushed(result: PushResult) -> str:
+    return (
+        f"published {result.store} v{result.version}: {result.count} records in "
+        f"{result.partitions} partitions, checksum {result.checksum} ({result.seconds:.1f} s)"
+        f" on topic {result.topic}"
+    )
+
+
+@click.group()
+def data() -> None:
+    """Interaction data sets."""
+
+
+@data.command("synth")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--users", default=2000, show_default=True, type=click.IntRange(10, 10**7))
+@click.option("--items", default=1000, show_default=True, type=click.IntRange(10, 10**7))
+@click.option("--days", default=14, show_default=True, type=click.IntRange(2, 365))
+@click.option(
+    "--events-per-user", default=40.0, show_default=True, type=click.FloatRange(2, 10_000)
+)
+@click.option("--seed", default=0, show_default=True)
+def data_synth(
+    out: Path, users: int, items: int, days: int, events_per_user: float, seed: int
+) -> None:
+    """Write a synthetic data set (interactions.parquet, items.parquet) into OUT."""
+    spec = SynthSpec(users, items, days, events_per_user, seed)
+    events, n_items = write(spec, out)
+    click.echo(
+        f"wrote {events:,} interactions of {users:,} users on {n_items:,} items "
+        f"({spec.categories} categories) to {out}"
+    )
+
+
+@click.group()
+def batch() -> None:
+    """The batch stage: candidates, ranking, re-ranker, evaluation, publishing."""
+
+
+def _stores(value: str) -> list[str]:
+    chosen = [s.strip() for s in value.split(",") if s.strip()]
+    unknown = sorted(set(chosen) - set(STORES))
+    if unknown:
+        raise click.BadParameter(
+            f"unknown store(s) {unknown}; choose from {STORES}", param_hint="--stores"
+        )
+    return chosen
+
+
+@batch.command("run")
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    required=True,
+    help="Folder with interactions.(parquet|csv) and items.*",
+)
+@click.option("--publish", "do_publish", is_flag=True, help="Push each store as a new version.")
+@click.option("--stores", default=",".join(STORES), show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.pass_context
+def batch_run(ctx: click.Context, data_dir: Path, do_publish: bool, stores: str, seed: int) -> None:
+    """Run the batch stage on DATA; with --publish, push u2i (with its re-ranker), i2i, popular."""
+    chosen = _stores(stores)
+    output = pipeline.run(data_dir, seed=seed)
+    click.echo(output.table())
+    if do_publish:
+        for line in publish_output(_settings(ctx), output, chosen):
+            click.echo(line)
+
+
+def publish_output(
+    settings: Settings, output: pipeline.BatchOutput, stores: list[str]
+) -> list[str]:
+    """Push the chosen stores of a batch run; u2i carries the re-ranker and item categories."""
+    lines = []
+    metadata = {
+        "metrics": {
+            k: v for k, v in output.metrics.items() if k.startswith(("ranker_", "candidates_"))
+        },
+        "reranker": "lightgbm" if output.reranker_model else None,
+    }
+    with Publisher(settings) as publisher:
+        for store in stores:
+            attachments = {}
+            if store == "u2i":
+                attachments["categories"] = output.categories_json()
+                if output.reranker_model is not None:
+                    attachments["model"] = output.reranker_model.encode()
+            rows = {"u2i": output.u2i_rows, "i2i": output.i2i_rows, "popular": output.popular_rows}[
+                store
+            ]()
+            result = publisher.publish(
+                store, rows, metadata=metadata if store == "u2i" else {}, attachments=attachments
+            )
+            lines.append(_pushed(result))
+    return lines
+
+
+@batch.command("evaluate")
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    required=True,
+)
+@click.option("--seed", default=0, show_default=True)
+def batch_evaluate(data_dir: Path, seed: int) -> None:
+    """Print the offline evaluation of a batch run on DATA (nothing is published)."""
+    output = pipeline.run(data_dir, seed=seed)
+    click.echo(output.table())
+    ratio = (
+        output.metrics["ranker_ndcg@10"] / output.metrics["popularity_ndcg@10"]
+        if output.metrics["popularity_ndcg@10"]
+        else float("inf")
+    )
+    click.echo(f"\nranker NDCG@10 / popularity NDCG@10 = {ratio:.2f}")

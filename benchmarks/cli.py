@@ -9,7 +9,14 @@ from pathlib import Path
 
 import click
 
-from benchmarks import api_bench, common, freshness_bench, pipeline_bench, store_bench
+from benchmarks import (
+    api_bench,
+    batch_bench,
+    common,
+    freshness_bench,
+    pipeline_bench,
+    store_bench,
+)
 from tandem.settings import Settings
 
 RESULTS = Path("benchmarks/RESULTS.md")
@@ -166,4 +173,22 @@ def bench_api(ctx: click.Context, users: int, seconds: float, write: Path | None
         result = api_bench.run(settings, users, seconds)
     _report(
         "api", f"tandem bench api --users {users} --seconds {seconds:g}", result.markdown(), write
+    )
+
+
+@bench.command("batch")
+@click.option("--users", default=100_000, show_default=True, type=click.IntRange(100, 10**7))
+@click.option("--items", default=20_000, show_default=True, type=click.IntRange(100, 10**7))
+@click.option(
+    "--events-per-user", default=50.0, show_default=True, type=click.FloatRange(2, 10_000)
+)
+@write_option
+def bench_batch(users: int, items: int, events_per_user: float, write: Path | None) -> None:
+    """Wall time and peak memory of the batch stage, stage by stage (no services needed)."""
+    result = batch_bench.bench(users, items, events_per_user)
+    _report(
+        "batch",
+        f"tandem bench batch --users {users} --items {items} --events-per-user {events_per_user:g}",
+        result.markdown(),
+        write,
     )

@@ -114,12 +114,12 @@ def serve(ctx: click.Context, host: str, port: int, workers: int) -> None:
 
 
 def _register() -> None:
-    from batch.cli import publish
+    from batch.cli import batch, data, publish
     from benchmarks.cli import bench
     from consumers.cli import materialize, replay, versions
     from streams.cli import events, worker
 
-    for command in (bench, events, materialize, publish, replay, versions, worker):
+    for command in (batch, bench, data, events, materialize, publish, replay, versions, worker):
         main.add_command(command)
 
 

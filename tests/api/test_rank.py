@@ -5,7 +5,6 @@ from __future__ import annotations
 import lightgbm as lgb
 import numpy as np
 
-from api.rank import SessionView, merge
 from api.reranker import HeuristicReranker, LightGBMReranker, load_reranker
 from tandem.features import (
     FEATURES,
@@ -16,6 +15,7 @@ from tandem.features import (
     Context,
     build_features,
 )
+from tandem.ranking import SessionView, merge
 
 NOW = 1_790_000_000_000
 

@@ -1,4 +1,4 @@
-"""Merging candidate sources and ordering them: pure code, tested without services."""
+"""Merging candidate sources: pure code shared by serving (api/) and training (batch/)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,176 @@
+"""Candidate generation with sparse matrices (no dense user × item matrix anywhere).
+
+- i2i: item → similar items from time-decayed session co-occurrence;
+- u2i sources: i2i expansion of the user's history, a truncated SVD of the decayed user × item
+  matrix (scored in user chunks), and popularity; merged with each source's score kept;
+- popular: segment (global, per device) → recency-weighted popular items.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from scipy.sparse.linalg import svds
+
+DECAY_DAYS = 7.0
+DAY_MS = 86_400_000
+SOURCES = ("i2i", "svd", "pop")
+
+
+@dataclass
+class Candidates:
+    """Long-format candidates: one row per (user, item) with a score per source (0: absent)."""
+
+    frame: pd.DataFrame  # user, item, i2i, svd, pop
+
+
+def decay(ts: np.ndarray, now_ms: int) -> np.ndarray:
+    """Time decay of events: 1 now, halving every ``DECAY_DAYS``."""
+    return np.power(0.5, (now_ms - ts) / (DECAY_DAYS * DAY_MS)).astype(np.float32)
+
+
+def user_item(events: pd.DataFrame, n_users: int, n_items: int, now_ms: int) -> sp.csr_matrix:
+    """Decayed, weighted user × item interactions."""
+    values = events["weight"].to_numpy() * decay(events["ts"].to_numpy(), now_ms)
+    return sp.csr_matrix(
+        (values, (events["user"].to_numpy(), events["item"].to_numpy())),
+        shape=(n_users, n_items),
+        dtype=np.float32,
+    )
+
+
+def top_k_rows(matrix: sp.csr_matrix, k: int) -> sp.csr_matrix:
+    """Keep the ``k`` largest entries of every row."""
+    matrix = matrix.tocsr()
+    rows, cols, vals = [], [], []
+    for r in range(matrix.shape[0]):
+        start, end = matrix.indptr[r], matrix.indptr[r + 1]
+        if start == end:
+            continue
+        data = matrix.data[start:end]
+        keep = np.argpartition(-data, k)[:k] if data.size > k else np.arange(data.size)
+        rows.append(np.full(keep.size, r))
+        cols.append(matrix.indices[start:end][keep])
+        vals.append(data[keep])
+    if not rows:
+        return sp.csr_matrix(matrix.shape, dtype=np.float32)
+    return sp.csr_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+        shape=matrix.shape,
+        dtype=np.float32,
+    )
+
+
+def item_to_item(events: pd.DataFrame, n_items: int, now_ms: int, k: int = 50) -> sp.csr_matrix:
+    """Similar items from decayed session co-occurrence, cosine-normalized, top ``k`` per item."""
+    sessions = pd.factorize(events["session"])[0]
+    weight = decay(events["ts"].to_numpy(), now_ms)
+    x = sp.csr_matrix(
+        (weight, (sessions, events["item"].to_numpy())),
+        shape=(int(sessions.max()) + 1 if sessions.size else 0, n_items),
+        dtype=np.float32,
+    )
+    x.data = np.minimum(x.data, 1.0)  # repeated views in a session count once
+    co = (x.T @ x).tocsr()
+    co.setdiag(0)
+    co.eliminate_zeros()
+    norm = np.sqrt(np.asarray(x.power(2).sum(axis=0)).ravel()) + 1e-6
+    co = sp.diags(1 / norm) @ co @ sp.diags(1 / norm)
+    return top_k_rows(co.tocsr(), k)
+
+
+def popularity(events: pd.DataFrame, n_items: int, now_ms: int) -> np.ndarray:
+    """Recency-weighted event counts per item."""
+    return np.bincount(
+        events["item"].to_numpy(), weights=decay(events["ts"].to_numpy(), now_ms), minlength=n_items
+    ).astype(np.float32)
+
+
+def popular_by_segment(
+    events: pd.DataFrame, n_items: int, now_ms: int, k: int = 200
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``segment → (items, scores)``: global and per device, scores scaled to [0, 1]."""
+    found = {"global": events}
+    found.update({f"device:{d}": group for d, group in events.groupby("device")})
+    result = {}
+    for segment, group in found.items():
+        counts = popularity(group, n_items, now_ms)
+        order = np.argsort(-counts, kind="stable")[:k]
+        order = order[counts[order] > 0]
+        result[segment] = (
+            order,
+            counts[order] / max(float(counts[order[0]]), 1e-9) if order.size else counts[order],
+        )
+    return result
+
+
+def _long(matrix: sp.csr_matrix, column: str) -> pd.DataFrame:
+    coo = matrix.tocoo()
+    return pd.DataFrame(
+        {
+            "user": coo.row.astype(np.int32),
+            "item": coo.col.astype(np.int32),
+            column: coo.data.astype(np.float32),
+        }
+    )
+
+
+def _svd_candidates(ui: sp.csr_matrix, k: int, factors: int, chunk: int = 2000) -> pd.DataFrame:
+    norm = sp.diags(1 / (np.sqrt(np.asarray(ui.power(2).sum(axis=1)).ravel()) + 1e-6)) @ ui
+    u, s, vt = svds(norm.astype(np.float64), k=min(factors, min(ui.shape) - 1), random_state=0)
+    users_f = (u * s).astype(np.float32)
+    items_f = vt.astype(np.float32)
+    parts = []
+    for start in range(0, ui.shape[0], chunk):
+        scores = users_f[start : start + chunk] @ items_f
+        top = np.argpartition(-scores, k, axis=1)[:, :k]
+        rows = np.repeat(np.arange(start, start + scores.shape[0]), k)
+        parts.append(
+            pd.DataFrame(
+                {
+                    "user": rows.astype(np.int32),
+                    "item": top.ravel().astype(np.int32),
+                    "svd": np.take_along_axis(scores, top, axis=1).ravel(),
+                }
+            )
+        )
+    return pd.concat(parts, ignore_index=True)
+
+
+def user_candidates(
+    events: pd.DataFrame,
+    n_users: int,
+    n_items: int,
+    now_ms: int,
+    i2i: sp.csr_matrix,
+    per_source: int = 100,
+    factors: int = 32,
+) -> Candidates:
+    """Merged candidates of every user from the three sources; purchased items excluded."""
+    ui = user_item(events, n_users, n_items, now_ms)
+    history = top_k_rows(ui, 20)
+    expanded = top_k_rows(history @ top_k_rows(i2i, 20), per_source)
+    pop = popularity(events, n_items, now_ms)
+    top_pop = np.argsort(-pop, kind="stable")[:per_source]
+    pop_frame = pd.DataFrame(
+        {
+            "user": np.repeat(np.arange(n_users, dtype=np.int32), top_pop.size),
+            "item": np.tile(top_pop.astype(np.int32), n_users),
+            "pop": np.tile(pop[top_pop] / max(float(pop.max()), 1e-9), n_users).astype(np.float32),
+        }
+    )
+    merged = pd.concat(
+        [_long(expanded, "i2i"), _svd_candidates(ui, per_source, factors), pop_frame],
+        ignore_index=True,
+    )
+    merged = merged.groupby(["user", "item"], sort=False, as_index=False).max().fillna(0.0)
+    bought = events.loc[events["event_type"] == "purchase", ["user", "item"]]
+    key = merged["user"].to_numpy(np.int64) * n_items + merged["item"].to_numpy(np.int64)
+    bought_key = bought["user"].to_numpy(np.int64) * n_items + bought["item"].to_numpy(np.int64)
+    merged = merged.loc[~np.isin(key, bought_key)].reset_index(drop=True)
+    for column in SOURCES:
+        merged[column] = merged[column].astype(np.float32)
+    return Candidates(merged)

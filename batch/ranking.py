@@ -1,0 +1,86 @@
+"""The batch ranker: LightGBM lambdarank over the candidates, trained on a time split."""
+
+from __future__ import annotations
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+
+from batch.candidates import SOURCES, popularity
+from batch.data import Dataset
+
+RANKER_FEATURES = (*SOURCES, "n_sources", "item_pop", "user_category_share", "user_activity")
+GRADES = {"view": 1, "click": 2, "add_to_cart": 3, "like": 3, "purchase": 4, "dislike": 0}
+
+
+def features(frame: pd.DataFrame, events: pd.DataFrame, data: Dataset, now_ms: int) -> pd.DataFrame:
+    """Ranker features of every candidate row, from the interactions in ``events``."""
+    out = frame.copy()
+    out["n_sources"] = (out[list(SOURCES)] > 0).sum(axis=1).astype(np.float32)
+    pop = np.log1p(popularity(events, data.n_items, now_ms))
+    out["item_pop"] = pop[out["item"].to_numpy()]
+    category = data.item_category[events["item"].to_numpy()]
+    n_cat = len(data.categories)
+    share = np.bincount(
+        events["user"].to_numpy() * n_cat + category,
+        weights=events["weight"].to_numpy(),
+        minlength=data.n_users * n_cat,
+    ).reshape(data.n_users, n_cat)
+    share = share / np.maximum(share.sum(axis=1, keepdims=True), 1e-9)
+    out["user_category_share"] = share[
+        out["user"].to_numpy(), data.item_category[out["item"].to_numpy()]
+    ]
+    activity = np.log1p(np.bincount(events["user"].to_numpy(), minlength=data.n_users))
+    out["user_activity"] = activity[out["user"].to_numpy()]
+    for column in RANKER_FEATURES:
+        out[column] = out[column].astype(np.float32)
+    return out
+
+
+def labels(frame: pd.DataFrame, future: pd.DataFrame, n_items: int) -> np.ndarray:
+    """Graded relevance of each candidate from the user's events after the split."""
+    grade = future["event_type"].map(GRADES).to_numpy()
+    key = future["user"].to_numpy(np.int64) * n_items + future["item"].to_numpy(np.int64)
+    best = pd.Series(grade).groupby(key).max()
+    cand_key = frame["user"].to_numpy(np.int64) * n_items + frame["item"].to_numpy(np.int64)
+    return best.reindex(cand_key).fillna(0).to_numpy(dtype=np.int32)
+
+
+def train(frame: pd.DataFrame, label: np.ndarray, seed: int = 0) -> lgb.Booster:
+    """A lambdarank model over users with at least one relevant candidate."""
+    frame = frame.assign(label=label)
+    useful = frame.groupby("user")["label"].transform("max") > 0
+    frame = frame.loc[useful].sort_values("user", kind="stable")
+    groups = frame.groupby("user", sort=False).size().to_numpy()
+    dataset = lgb.Dataset(
+        frame[list(RANKER_FEATURES)].to_numpy(),
+        label=frame["label"],
+        group=groups,
+        feature_name=list(RANKER_FEATURES),
+    )
+    params = {
+        "objective": "lambdarank",
+        "metric": "ndcg",
+        "ndcg_eval_at": [10],
+        "learning_rate": 0.1,
+        "num_leaves": 31,
+        "min_data_in_leaf": 50,
+        "verbose": -1,
+        "seed": seed,
+        "num_threads": 2,
+        "deterministic": True,
+        "force_row_wise": True,
+    }
+    return lgb.train(params, dataset, num_boost_round=60)
+
+
+def score(model: lgb.Booster, frame: pd.DataFrame) -> np.ndarray:
+    """Model scores of candidate rows."""
+    return np.asarray(model.predict(frame[list(RANKER_FEATURES)].to_numpy(), num_threads=2))
+
+
+def top_k(frame: pd.DataFrame, scores: np.ndarray, k: int) -> pd.DataFrame:
+    """The ``k`` best candidates of every user, best first, scores squashed into (0, 1)."""
+    ranked = frame[["user", "item"]].assign(score=(1 / (1 + np.exp(-scores))).astype(np.float32))
+    ranked = ranked.sort_values(["user", "score"], ascending=[True, False], kind="stable")
+    return ranked.groupby("user", sort=False).head(k).reset_index(drop=True)

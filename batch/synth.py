@@ -1,0 +1,123 @@
+"""Synthetic interactions with real structure: categories with Zipf popularity, users with
+long-term tastes, sessions whose intent drifts from those tastes, a funnel of event types,
+devices and time-of-day effects. Deterministic for a seed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+DEVICES = np.array(["mobile", "desktop", "tablet", "tv"])
+DEVICE_P = np.array([0.5, 0.3, 0.15, 0.05])
+EVENT_TYPES = np.array(["view", "click", "add_to_cart", "purchase", "like", "dislike"])
+EVENT_P = np.array([0.6, 0.22, 0.08, 0.05, 0.04, 0.01])
+DAY_MS = 86_400_000
+START_MS = 1_780_000_000_000
+
+
+@dataclass(frozen=True)
+class SynthSpec:
+    """How big the data set is."""
+
+    users: int = 2000
+    items: int = 1000
+    days: int = 14
+    events_per_user: float = 40.0
+    seed: int = 0
+
+    @property
+    def categories(self) -> int:
+        """Number of item categories."""
+        return max(10, self.items // 50)
+
+
+def _items(
+    spec: SynthSpec, rng: np.random.Generator
+) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    category = rng.integers(spec.categories, size=spec.items)
+    members, cdfs = [], []
+    for c in range(spec.categories):
+        ids = np.flatnonzero(category == c)
+        if ids.size == 0:  # every category needs an item
+            ids = np.array([c % spec.items])
+        weights = 1.0 / (rng.permutation(ids.size) + 1.0) ** 1.1
+        members.append(ids)
+        cdfs.append(np.cumsum(weights) / weights.sum())
+    return category, members, cdfs
+
+
+def _sessions(spec: SynthSpec, rng: np.random.Generator) -> pd.DataFrame:
+    mean_len = 6.0
+    per_user = rng.poisson(spec.events_per_user / mean_len, size=spec.users) + 1
+    user = np.repeat(np.arange(spec.users), per_user)
+    n = user.size
+    favorites = rng.integers(spec.categories, size=(spec.users, 3))
+    taste = rng.dirichlet(np.ones(3) * 0.7, size=spec.users)
+    pick = (rng.random(n)[:, None] > np.cumsum(taste[user], axis=1)).sum(axis=1).clip(0, 2)
+    intent = favorites[user, pick]
+    start = START_MS + rng.integers(0, spec.days * DAY_MS, size=n)
+    hour_band = (start // 3_600_000 % 24) // 6
+    drift = rng.random(n)
+    # Sessions drift: 25% of them follow a fresh interest, 10% the time of day's favourite.
+    intent = np.where(drift < 0.25, rng.integers(spec.categories, size=n), intent)
+    intent = np.where(
+        (drift >= 0.25) & (drift < 0.35),
+        (hour_band * 7 + rng.integers(2, size=n)) % spec.categories,
+        intent,
+    )
+    length = rng.geometric(1 / mean_len, size=n).clip(1, 40)
+    device_of_user = rng.choice(len(DEVICES), size=spec.users, p=DEVICE_P)
+    device = np.where(
+        rng.random(n) < 0.85, device_of_user[user], rng.choice(len(DEVICES), size=n, p=DEVICE_P)
+    )
+    return pd.DataFrame(
+        {"user": user, "intent": intent, "start": start, "length": length, "device": device}
+    )
+
+
+def generate(spec: SynthSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(interactions, items)`` as the batch stage reads them."""
+    rng = np.random.default_rng(spec.seed)
+    category, members, cdfs = _items(spec, rng)
+    sessions = _sessions(spec, rng)
+    idx = np.repeat(np.arange(len(sessions)), sessions["length"].to_numpy())
+    offset = np.arange(idx.size) - np.repeat(
+        np.cumsum(sessions["length"].to_numpy()) - sessions["length"].to_numpy(),
+        sessions["length"].to_numpy(),
+    )
+    intent = sessions["intent"].to_numpy()[idx]
+    # Within a session, a minority of events wander off the session's intent.
+    wander = rng.random(idx.size) < 0.1
+    intent = np.where(wander, rng.integers(spec.categories, size=idx.size), intent)
+    item = np.empty(idx.size, dtype=np.int64)
+    for c in range(spec.categories):
+        where = np.flatnonzero(intent == c)
+        draws = np.searchsorted(cdfs[c], rng.random(where.size))
+        item[where] = members[c][draws.clip(0, members[c].size - 1)]
+    ts = sessions["start"].to_numpy()[idx] + offset * rng.integers(20_000, 120_000, size=idx.size)
+    interactions = pd.DataFrame(
+        {
+            "user_id": "u" + pd.Series(sessions["user"].to_numpy()[idx]).astype(str),
+            "item_id": "i" + pd.Series(item).astype(str),
+            "ts": ts.astype(np.int64),
+            "event_type": EVENT_TYPES[rng.choice(len(EVENT_TYPES), size=idx.size, p=EVENT_P)],
+            "device": DEVICES[sessions["device"].to_numpy()[idx]],
+            "session_id": "s" + pd.Series(idx).astype(str),
+        }
+    ).sort_values(["ts", "user_id"], kind="stable", ignore_index=True)
+    items = pd.DataFrame(
+        {"item_id": [f"i{n}" for n in range(spec.items)], "category": [f"c{c}" for c in category]}
+    )
+    return interactions, items
+
+
+def write(spec: SynthSpec, out: Path) -> tuple[int, int]:
+    """Write ``interactions.parquet`` and ``items.parquet`` into ``out``; returns row counts."""
+    interactions, items = generate(spec)
+    out.mkdir(parents=True, exist_ok=True)
+    interactions.to_parquet(out / "interactions.parquet", index=False)
+    items.to_parquet(out / "items.parquet", index=False)
+    return len(interactions), len(items)

@@ -1,0 +1,48 @@
+"""A batch run published to the real broker, materialized into Redis, served by the API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from redis.asyncio import Redis
+
+from api.app import create_app
+from batch.cli import publish_output
+from batch.pipeline import run
+from batch.synth import SynthSpec, write
+from consumers.replay import replay
+from store.keys import Keys
+from store.registry import Registry, State
+from tandem.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+async def test_published_versions_serve_with_their_reranker(
+    settings: Settings, redis: Redis, keys: Keys, tmp_path: Path
+) -> None:
+    write(SynthSpec(users=300, items=200, days=10, events_per_user=30, seed=5), tmp_path)
+    output = run(tmp_path, quiet=True)
+    lines = publish_output(settings, output, ["u2i", "i2i", "popular"])
+    versions = {line.split()[1]: int(line.split()[2][1:].rstrip(":")) for line in lines}
+    for store, version in versions.items():
+        info = await replay(settings, store, version, cutover=True)
+        assert info.state is State.LIVE, info.reasons
+    u2i = versions["u2i"]
+    u2i_info = await Registry(redis, keys).get("u2i", u2i)
+    assert u2i_info is not None
+    assert u2i_info.metadata["metrics"]["ranker_ndcg@10"] == output.metrics["ranker_ndcg@10"]
+    model = await redis.get(keys.model("u2i", u2i))
+    assert isinstance(model, bytes)
+    assert model.startswith(b"tree")
+    categories = orjson.loads(await redis.get(keys.attachment("u2i", u2i, "categories")) or b"{}")
+    assert len(categories) == output.data.n_items
+    user = str(output.data.users[0])
+    async with TestClient(TestServer(create_app(settings))) as client:
+        body = await (await client.get(f"/v1/recommendations/{user}?k=5")).json()
+    assert body["reranker"] == f"lightgbm:v{u2i}"
+    assert len(body["items"]) == 5
+    assert body["versions"] == {"u2i": u2i, "i2i": versions["i2i"], "popular": versions["popular"]}
