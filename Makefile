@@ -46,6 +46,9 @@ bench: install services-prereq
 	$(BIN)/tandem bench store --write benchmarks/RESULTS.md
 	$(BIN)/tandem bench publish --write benchmarks/RESULTS.md
 	$(BIN)/tandem bench materialize --write benchmarks/RESULTS.md
+	$(BIN)/tandem bench freshness --write benchmarks/RESULTS.md
+	$(BIN)/tandem bench api --write benchmarks/RESULTS.md
+	$(BIN)/tandem bench batch --write benchmarks/RESULTS.md
 
 clean:
 	rm -rf $(VENV) .state .mypy_cache .ruff_cache .pytest_cache

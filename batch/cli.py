@@ -12,15 +12,11 @@ from batch import pipeline
 from batch.candidates_io import read_candidates, synthetic_candidates
 from batch.publish import Publisher, PushResult
 from batch.synth import SynthSpec, write
+from tandem.clictx import settings_of
 from tandem.schemas import MAX_CANDIDATES
 from tandem.settings import Settings
 
 STORES = ("u2i", "i2i", "popular")
-
-
-def _settings(ctx: click.Context) -> Settings:
-    settings: Settings = ctx.find_root().obj
-    return settings
 
 
 @click.command()
@@ -85,7 +81,7 @@ def publish(
         else synthetic_candidates(synthetic or 0, candidates, seed)
     )
     with (
-        Publisher(_settings(ctx)) as publisher,
+        Publisher(settings_of(ctx)) as publisher,
         tqdm(total=synthetic, desc=f"publish {store}", unit="rec", disable=None) as bar,
     ):
         result = publisher.publish(
@@ -161,7 +157,7 @@ def batch_run(ctx: click.Context, data_dir: Path, do_publish: bool, stores: str,
     output = pipeline.run(data_dir, seed=seed)
     click.echo(output.table())
     if do_publish:
-        for line in publish_output(_settings(ctx), output, chosen):
+        for line in publish_output(settings_of(ctx), output, chosen):
             click.echo(line)
 
 

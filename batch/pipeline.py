@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 TOP_K = 200
 TEST_SHARE = 0.15
+MAX_FIT_USERS = 20_000
+MAX_EVAL_USERS = 10_000
 
 
 @dataclass
@@ -201,8 +203,13 @@ def run(data_dir: Path, *, seed: int = 0, quiet: bool = False) -> BatchOutput:
         "ranker features", lambda: ranking.features(train_cands.frame, train_events, data, split_ms)
     )
     label = ranking.labels(frame, test, data.n_items)
-    eval_mask = (np.arange(data.n_users) * 2654435761 % 97) < 48  # a fixed half of the users
-    fit_rows = ~eval_mask[frame["user"].to_numpy()]
+    # A fixed split of users: at most MAX_FIT_USERS train the ranker, MAX_EVAL_USERS judge it.
+    bucket = np.random.default_rng(seed).permutation(data.n_users)
+    fit_mask = np.zeros(data.n_users, dtype=bool)
+    fit_mask[bucket[: min(MAX_FIT_USERS, data.n_users // 2)]] = True
+    eval_mask = np.zeros(data.n_users, dtype=bool)
+    eval_mask[bucket[data.n_users // 2 :][:MAX_EVAL_USERS]] = True
+    fit_rows = fit_mask[frame["user"].to_numpy()]
     model = stages.run(
         "train ranker", lambda: ranking.train(frame.loc[fit_rows], label[fit_rows], seed)
     )

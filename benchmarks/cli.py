@@ -17,14 +17,9 @@ from benchmarks import (
     pipeline_bench,
     store_bench,
 )
-from tandem.settings import Settings
+from tandem.clictx import settings_of
 
 RESULTS = Path("benchmarks/RESULTS.md")
-
-
-def _settings(ctx: click.Context) -> Settings:
-    settings: Settings = ctx.find_root().obj
-    return settings
 
 
 def _report(name: str, command: str, body: str, write: Path | None) -> None:
@@ -54,7 +49,7 @@ def bench() -> None:
 @click.pass_context
 def bench_store(ctx: click.Context, entities: int, reads: int, write: Path | None) -> None:
     """Store reads (live pointer + decode) vs raw GET; versioned writes vs pipelined SET."""
-    with common.services(_settings(ctx), kafka=False) as settings:
+    with common.services(settings_of(ctx), kafka=False) as settings:
         result = asyncio.run(store_bench.run(settings, entities, reads))
     _report(
         "store",
@@ -71,7 +66,7 @@ def bench_store(ctx: click.Context, entities: int, reads: int, write: Path | Non
 @click.pass_context
 def bench_publish(ctx: click.Context, records: int, items: int, write: Path | None) -> None:
     """The publisher (per compression codec) vs a bare confluent-kafka produce loop."""
-    with common.services(_settings(ctx)) as settings:
+    with common.services(settings_of(ctx)) as settings:
         result = pipeline_bench.run_publish(settings, records, items)
     _report(
         "publish",
@@ -88,7 +83,7 @@ def bench_publish(ctx: click.Context, records: int, items: int, write: Path | No
 @click.pass_context
 def bench_materialize(ctx: click.Context, records: int, items: int, write: Path | None) -> None:
     """Materializer vs (a) consuming without writing and (b) writing without consuming."""
-    with common.services(_settings(ctx)) as settings:
+    with common.services(settings_of(ctx)) as settings:
         result = pipeline_bench.run_materialize(settings, records, items)
     _report(
         "materialize",
@@ -136,7 +131,7 @@ def bench_freshness(
         offered = tuple(int(r) for r in rates.split(","))
     except ValueError as e:
         raise click.BadParameter("a comma-separated list of integers", param_hint="--rates") from e
-    with common.services(_settings(ctx)) as started:
+    with common.services(settings_of(ctx)) as started:
         settings = started.model_copy(update={"key_prefix": "fresh" + uuid.uuid4().hex[:6]})
         env = {
             **os.environ,
@@ -169,7 +164,7 @@ def bench_freshness(
 @click.pass_context
 def bench_api(ctx: click.Context, users: int, seconds: float, write: Path | None) -> None:
     """Open-loop p50/p95/p99 and the highest rate with p99 < 10 ms: tandem vs a bare handler."""
-    with common.services(_settings(ctx)) as settings:
+    with common.services(settings_of(ctx)) as settings:
         result = api_bench.run(settings, users, seconds)
     _report(
         "api", f"tandem bench api --users {users} --seconds {seconds:g}", result.markdown(), write

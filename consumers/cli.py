@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import sys
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -23,16 +22,12 @@ from store.lifecycle import Lifecycle
 from store.registry import State, VersionInfo
 from tandem import topics
 from tandem.announce import announce
+from tandem.clictx import run_until_signal, settings_of
 from tandem.ids import check_version
 from tandem.kafka import admin, producer_config
 from tandem.settings import Settings
 
 T = TypeVar("T")
-
-
-def _settings(ctx: click.Context) -> Settings:
-    settings: Settings = ctx.find_root().obj
-    return settings
 
 
 def _with_lifecycle(settings: Settings, job: Callable[[Lifecycle], Awaitable[T]]) -> T:
@@ -91,14 +86,8 @@ def materialize(
     if metrics_port is not None:
         start_http_server(metrics_port, addr="127.0.0.1")
 
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await Materializer(_settings(ctx), options).run(stop)
-
-    asyncio.run(run())
+    settings = settings_of(ctx)
+    run_until_signal(lambda stop: Materializer(settings, options).run(stop))
 
 
 @click.group()
@@ -121,7 +110,7 @@ def _line(info: VersionInfo, live: int | None, backup: int | None) -> str:
 @click.pass_context
 def versions_list(ctx: click.Context, store: str, as_json: bool) -> None:
     """The versions of STORE (* live, b backup)."""
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     settings.policy(store)
 
     async def job(lifecycle: Lifecycle) -> tuple[list[VersionInfo], int | None, int | None]:
@@ -155,7 +144,7 @@ def versions_list(ctx: click.Context, store: str, as_json: bool) -> None:
 @click.pass_context
 def versions_show(ctx: click.Context, store: str, version: str, as_json: bool) -> None:
     """Everything recorded of one version of STORE."""
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     settings.policy(store)
     number = check_version(version.lstrip("v"))
     info = _with_lifecycle(settings, lambda lc: lc.registry.get(store, number))
@@ -171,7 +160,7 @@ def versions_show(ctx: click.Context, store: str, version: str, as_json: bool) -
 @click.pass_context
 def versions_rollback(ctx: click.Context, store: str) -> None:
     """Flip STORE back to its backup version, atomically (if it is still materialized)."""
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     settings.policy(store)
     rolled_back, live = _with_lifecycle(settings, lambda lc: lc.rollback(store))
     producer = Producer(producer_config(settings, bulk=False))
@@ -192,7 +181,7 @@ def versions_rollback(ctx: click.Context, store: str) -> None:
 @click.pass_context
 def versions_retire(ctx: click.Context, store: str, keep: int | None, delete_topics: bool) -> None:
     """Delete old versions of STORE from Redis (and, if asked, from Kafka)."""
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     kept = settings.policy(store).keep_versions if keep is None else keep
     retired = _with_lifecycle(settings, lambda lc: lc.retire(store, kept))
     if delete_topics and retired:
@@ -210,7 +199,7 @@ def versions_retire(ctx: click.Context, store: str, keep: int | None, delete_top
 @click.pass_context
 def replay(ctx: click.Context, store: str, version: str, cutover: bool) -> None:
     """Rebuild a version of STORE into Redis from its topic (after Redis lost it, say)."""
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     number = check_version(version.lstrip("v"))
     with tqdm(desc=f"replay {store} v{number}", unit="rec", disable=None) as bar:
         info = asyncio.run(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
 from pathlib import Path
 
 import click
@@ -14,12 +12,7 @@ from streams.app import WorkerOptions
 from streams.produce import produce, read_events, synthetic_events
 from streams.runner import run_until
 from streams.session import SessionPolicy
-from tandem.settings import Settings
-
-
-def _settings(ctx: click.Context) -> Settings:
-    settings: Settings = ctx.find_root().obj
-    return settings
+from tandem.clictx import run_until_signal, settings_of
 
 
 @click.command()
@@ -66,14 +59,8 @@ def worker(
     if metrics_port is not None:
         start_http_server(metrics_port, addr="127.0.0.1")
 
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await run_until(_settings(ctx), options, stop)
-
-    asyncio.run(run())
+    settings = settings_of(ctx)
+    run_until_signal(lambda stop: run_until(settings, options, stop))
 
 
 @click.group()
@@ -120,5 +107,5 @@ def events_produce(
         else synthetic_events(synthetic or 0, users=users, seed=seed)
     )
     with tqdm(total=synthetic, desc="events", unit="ev", disable=None) as bar:
-        sent = produce(_settings(ctx), stream, rate, on_event=lambda _: bar.update())
+        sent = produce(settings_of(ctx), stream, rate, on_event=lambda _: bar.update())
     click.echo(f"{sent} events acknowledged by the broker")

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from tandem import dev
+from tandem.clictx import settings_of
 from tandem.exceptions import ConfigError, TandemError
 from tandem.settings import Settings
 
@@ -27,12 +28,6 @@ class TandemGroup(click.Group):
         except TandemError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(1)
-
-
-def settings_of(ctx: click.Context) -> Settings:
-    """The settings built by the root command."""
-    settings: Settings = ctx.find_root().obj
-    return settings
 
 
 @click.group(cls=TandemGroup, context_settings={"help_option_names": ["-h", "--help"]})

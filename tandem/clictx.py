@@ -1,0 +1,31 @@
+"""What every ``tandem`` subcommand shares: the settings the root command read, and running an
+asyncio job until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable
+
+import click
+
+from tandem.settings import Settings
+
+
+def settings_of(ctx: click.Context) -> Settings:
+    """The settings built by the root command."""
+    settings: Settings = ctx.find_root().obj
+    return settings
+
+
+def run_until_signal(job: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run ``job(stop)`` on a new event loop; SIGINT or SIGTERM sets ``stop``."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await job(stop)
+
+    asyncio.run(main())
