@@ -34,13 +34,8 @@ pytest: install services-prereq
 
 test: lint pytest
 
-# Until the full demo lands (issue 7): services, a published version, materialized and live.
 demo: install services-prereq
-	$(BIN)/tandem dev up
-	$(BIN)/tandem publish u2i --synthetic 2000 --candidates 200
-	$(BIN)/tandem materialize --until-idle 2
-	$(BIN)/tandem versions list u2i
-	@echo "services left running; stop them with: $(BIN)/tandem dev down"
+	$(BIN)/tandem demo
 
 bench: install services-prereq
 	$(BIN)/tandem bench store --write benchmarks/RESULTS.md

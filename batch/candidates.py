@@ -18,6 +18,7 @@ from scipy.sparse.linalg import svds
 DECAY_DAYS = 7.0
 DAY_MS = 86_400_000
 SOURCES = ("i2i", "svd", "pop")
+POPULAR_PER_USER = 30
 
 
 @dataclass
@@ -154,7 +155,8 @@ def user_candidates(
     history = top_k_rows(ui, 20)
     expanded = top_k_rows(history @ top_k_rows(i2i, 20), per_source)
     pop = popularity(events, n_items, now_ms)
-    top_pop = np.argsort(-pop, kind="stable")[:per_source]
+    # The popular source is the same for every user: a few items each is enough to fill gaps.
+    top_pop = np.argsort(-pop, kind="stable")[:POPULAR_PER_USER]
     pop_frame = pd.DataFrame(
         {
             "user": np.repeat(np.arange(n_users, dtype=np.int32), top_pop.size),
@@ -166,6 +168,7 @@ def user_candidates(
         [_long(expanded, "i2i"), _svd_candidates(ui, per_source, factors), pop_frame],
         ignore_index=True,
     )
+    del expanded, pop_frame
     merged = merged.groupby(["user", "item"], sort=False, as_index=False).max().fillna(0.0)
     bought = events.loc[events["event_type"] == "purchase", ["user", "item"]]
     key = merged["user"].to_numpy(np.int64) * n_items + merged["item"].to_numpy(np.int64)

@@ -7,6 +7,7 @@ the frames, lightgbm.dask for training) without changing the steps' contracts.
 
 from __future__ import annotations
 
+import functools
 import logging
 import resource
 import time
@@ -182,12 +183,36 @@ def _evaluate(
 
 def run(data_dir: Path, *, seed: int = 0, quiet: bool = False) -> BatchOutput:
     """The whole batch stage on ``data_dir`` (interactions.* and an optional items.*)."""
-    stages = Stages(total=9, quiet=quiet)
+    stages = Stages(total=8, quiet=quiet)
     interactions = next(iter(sorted(data_dir.glob("interactions.*"))), None)
     if interactions is None:
         raise FileNotFoundError(f"{data_dir}: no interactions.parquet or interactions.csv")
     items_file = next(iter(sorted(data_dir.glob("items.*"))), None)
     data = stages.run("load", lambda: load(interactions, items_file))
+    # The time-split work runs in its own frame, so its candidates are freed before the final
+    # lists are built (they would otherwise double the peak memory).
+    model, metrics, reranker = _learn(stages, data, seed)
+    hi = int(data.events["ts"].max())
+    i2i_full = stages.run(
+        "i2i (all data)", lambda: cand.item_to_item(data.events, data.n_items, hi)
+    )
+    u2i = stages.run(
+        "u2i lists (all data)", lambda: _final_lists(data, data.events, i2i_full, model, hi)
+    )
+    stages.close()
+    return BatchOutput(
+        data,
+        u2i,
+        i2i_full,
+        cand.popular_by_segment(data.events, data.n_items, hi),
+        metrics,
+        reranker,
+        stages.timings,
+    )
+
+
+def _learn(stages: Stages, data: Dataset, seed: int) -> tuple[Any, dict[str, float], str | None]:
+    """Ranker, evaluation and re-ranker on a time split: the last 15% of the span is held out."""
     events = data.events
     lo, hi = int(events["ts"].min()), int(events["ts"].max())
     split_ms = hi - int((hi - lo) * TEST_SHARE)
@@ -195,12 +220,16 @@ def run(data_dir: Path, *, seed: int = 0, quiet: bool = False) -> BatchOutput:
     i2i_train = stages.run(
         "i2i (train split)", lambda: cand.item_to_item(train_events, data.n_items, split_ms)
     )
-    train_cands = stages.run(
-        "u2i candidates (train split)",
-        lambda: cand.user_candidates(train_events, data.n_users, data.n_items, split_ms, i2i_train),
-    )
     frame = stages.run(
-        "ranker features", lambda: ranking.features(train_cands.frame, train_events, data, split_ms)
+        "u2i candidates (train split)",
+        lambda: ranking.features(
+            cand.user_candidates(
+                train_events, data.n_users, data.n_items, split_ms, i2i_train
+            ).frame,
+            train_events,
+            data,
+            split_ms,
+        ),
     )
     label = ranking.labels(frame, test, data.n_items)
     # A fixed split of users: at most MAX_FIT_USERS train the ranker, MAX_EVAL_USERS judge it.
@@ -211,16 +240,25 @@ def run(data_dir: Path, *, seed: int = 0, quiet: bool = False) -> BatchOutput:
     eval_mask[bucket[data.n_users // 2 :][:MAX_EVAL_USERS]] = True
     fit_rows = fit_mask[frame["user"].to_numpy()]
     model = stages.run(
-        "train ranker", lambda: ranking.train(frame.loc[fit_rows], label[fit_rows], seed)
+        "train ranker", functools.partial(ranking.train, frame.loc[fit_rows], label[fit_rows], seed)
     )
     scores = ranking.score(model, frame)
     metrics = stages.run(
         "evaluate",
-        lambda: _evaluate(
-            frame, scores, label, test, train_events, data, np.flatnonzero(eval_mask), split_ms
+        functools.partial(
+            _evaluate,
+            frame,
+            scores,
+            label,
+            test,
+            train_events,
+            data,
+            np.flatnonzero(eval_mask),
+            split_ms,
         ),
     )
     batch_top = ranking.top_k(frame, scores, TOP_K)
+    del frame, scores, label
     reranker = stages.run(
         "train re-ranker",
         lambda: _train_reranker(data, test, batch_top, i2i_train, train_events, split_ms, seed),
@@ -236,20 +274,8 @@ def run(data_dir: Path, *, seed: int = 0, quiet: bool = False) -> BatchOutput:
             "reranker_sessions": float(reranker.sessions),
         }
     )
-    i2i_full = stages.run("i2i (all data)", lambda: cand.item_to_item(events, data.n_items, hi))
-    u2i = stages.run(
-        "u2i lists (all data)", lambda: _final_lists(data, events, i2i_full, model, hi)
-    )
-    stages.close()
-    return BatchOutput(
-        data,
-        u2i,
-        i2i_full,
-        cand.popular_by_segment(events, data.n_items, hi),
-        metrics,
-        None if reranker.model is None else reranker.model.model_to_string(),
-        stages.timings,
-    )
+    text = None if reranker.model is None else reranker.model.model_to_string()
+    return model, metrics, text
 
 
 def _train_reranker(

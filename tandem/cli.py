@@ -108,6 +108,17 @@ def serve(ctx: click.Context, host: str, port: int, workers: int) -> None:
     run(settings_of(ctx), host, port, workers)
 
 
+@main.command()
+@click.option("--users", default=2000, show_default=True, type=click.IntRange(50, 10**6))
+@click.option("--items", default=1000, show_default=True, type=click.IntRange(50, 10**6))
+@click.option("--keep", is_flag=True, help="Leave the broker and Redis running at the end.")
+def demo(users: int, items: int, keep: bool) -> None:
+    """The whole system end to end on the embedded broker and a private Redis."""
+    from tandem.demo import run  # an entry point: it starts every package
+
+    run(users, items, keep)
+
+
 def _register() -> None:
     from batch.cli import batch, data, publish
     from benchmarks.cli import bench
