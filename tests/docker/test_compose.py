@@ -22,8 +22,13 @@ def _compose_available() -> bool:
 @pytest.mark.skipif(not _compose_available(), reason="docker CLI with compose not installed")
 def test_compose_config_is_valid() -> None:
     env = {**os.environ, "TANDEM_ADMIN_TOKEN": "example"}
-    result = subprocess.run(["docker", "compose", "-f", str(COMPOSE), "config", "--quiet"],
-                            capture_output=True, text=True, env=env, check=False)
+    result = subprocess.run(
+        ["docker", "compose", "-f", str(COMPOSE), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
 
 
