@@ -24,12 +24,18 @@ async def worker(settings: Settings) -> AsyncIterator[StreamWorker]:
 
 async def test_agent_updates_the_table_and_queues_the_mirror(worker: StreamWorker) -> None:
     agent = worker.app.agents["sessions"]
-    event = {"user_id": "u1", "item_id": "i1", "event_type": "click", "event_id": "e1",
-             "context": {"category": "shoes"}}
+    event = {
+        "user_id": "u1",
+        "item_id": "i1",
+        "event_type": "click",
+        "event_id": "e1",
+        "context": {"category": "shoes"},
+    }
     async with agent.test_context() as context:
         await context.put(key=b"u1", value=orjson.dumps(event))
-        await context.put(key=b"u1", value=orjson.dumps({**event, "item_id": "i2",
-                                                          "event_id": "e2"}))
+        await context.put(
+            key=b"u1", value=orjson.dumps({**event, "item_id": "i2", "event_id": "e2"})
+        )
         await context.put(key=b"u1", value=orjson.dumps(event))  # a re-delivery of e1
     state = SessionState.decode(worker.sessions[b"u1"])
     assert [item for item, _, _ in state.items] == ["i1", "i2"]
