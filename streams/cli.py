@@ -101,11 +101,13 @@ def events_produce(
     """Send events (validated first) with the idempotent producer, keyed by user."""
     if (source is None) == (synthetic is None):
         raise click.UsageError("give exactly one of --from FILE and --synthetic N")
+    # A file is validated whole before anything is sent: a bad line sends nothing.
     stream = (
-        read_events(source)
+        list(read_events(source))
         if source is not None
         else synthetic_events(synthetic or 0, users=users, seed=seed)
     )
-    with tqdm(total=synthetic, desc="events", unit="ev", disable=None) as bar:
+    total = len(stream) if isinstance(stream, list) else synthetic
+    with tqdm(total=total, desc="events", unit="ev", disable=None) as bar:
         sent = produce(settings_of(ctx), stream, rate, on_event=lambda _: bar.update())
     click.echo(f"{sent} events acknowledged by the broker")
