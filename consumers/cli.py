@@ -14,7 +14,7 @@ from confluent_kafka import Producer
 from prometheus_client import start_http_server
 from tqdm import tqdm
 
-from consumers.materializer import Materializer, MaterializerOptions, check_options
+from consumers.materializer import Materializer, MaterializerOptions
 from consumers.replay import replay as run_replay
 from store.connect import connect
 from store.keys import Keys
@@ -82,7 +82,6 @@ def materialize(
     options = MaterializerOptions(
         group=group, batch_size=batch_size, until_idle_s=until_idle_s, cutover=not no_cutover
     )
-    check_options(options)
     if metrics_port is not None:
         start_http_server(metrics_port, addr="127.0.0.1")
 

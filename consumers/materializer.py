@@ -19,7 +19,6 @@ from consumers.records import Record, split
 from consumers.sink import VersionSink
 from store.connect import connect
 from tandem import topics
-from tandem.exceptions import ConfigError
 from tandem.kafka import consumer_config, producer_config
 from tandem.settings import Settings
 
@@ -150,9 +149,3 @@ class Materializer:
         await asyncio.to_thread(self._consumer.close)
         self._producer.flush(10)
         await self._redis.aclose()
-
-
-def check_options(options: MaterializerOptions) -> None:
-    """Refuse option values that cannot work."""
-    if options.batch_size < 1 or options.batch_size > 100_000:
-        raise ConfigError("--batch-size must be between 1 and 100000")
