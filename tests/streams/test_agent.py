@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import uuid
 from collections.abc import AsyncIterator
 
@@ -20,6 +21,13 @@ async def worker(settings: Settings) -> AsyncIterator[StreamWorker]:
     built = StreamWorker(settings, WorkerOptions(app_id="tc" + uuid.uuid4().hex[:8]))
     yield built
     await built.redis.aclose()
+    # The test context creates the app's consumer, whose thread owns an event loop that only a
+    # started-and-stopped app would close; close it here so it does not leak its self-pipe.
+    thread = getattr(built.app.consumer, "_thread", None)
+    loop = getattr(thread, "thread_loop", None)
+    if loop is not None and not loop.is_closed():
+        loop.close()
+    gc.collect()
 
 
 async def test_agent_updates_the_table_and_queues_the_mirror(worker: StreamWorker) -> None:
