@@ -300,9 +300,10 @@ def _train_reranker(
     order = np.argsort(-pop, kind="stable")[:TOP_K]
     popular = (names[order].tolist(), (pop[order] / max(float(pop[order[0]]), 1e-9)).tolist())
     categories = dict(zip(names, data.categories[data.item_category].astype(str), strict=True))
-    return rerank_train.train(
-        test, lists, i2i, popular, data.items.astype(str), data.users, categories, seed
+    serving = rerank_train.ServingState(
+        lists, i2i, popular, data.items.astype(str), data.users, categories
     )
+    return rerank_train.train(test, serving, seed)
 
 
 def _final_lists(

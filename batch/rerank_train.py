@@ -42,6 +42,18 @@ class RerankerResult:
         return self.ndcg_rerank / self.ndcg_batch - 1 if self.ndcg_batch else 0.0
 
 
+@dataclass(frozen=True)
+class ServingState:
+    """What the API would have had at request time, as of the end of the training split."""
+
+    batch_lists: dict[int, tuple[list[str], list[float]]]  # user code → the published u2i list
+    i2i: sp.csr_matrix
+    popular: tuple[list[str], list[float]]
+    items: pd.Index  # item code → item id
+    users: pd.Index  # user code → user id
+    categories: dict[str, str]  # item id → category
+
+
 def _context(
     rows: pd.DataFrame, items: pd.Index, categories: dict[str, str], user: str
 ) -> tuple[SessionState | None, list[tuple[str, str, int]]]:
@@ -63,15 +75,9 @@ def _context(
 
 
 def _groups(
-    sessions: pd.DataFrame,
-    batch_lists: dict[int, tuple[list[str], list[float]]],
-    i2i: sp.csr_matrix,
-    popular: tuple[list[str], list[float]],
-    items: pd.Index,
-    users: pd.Index,
-    categories: dict[str, str],
-    trending: dict[int, Counter[str]],
+    sessions: pd.DataFrame, serving: ServingState, trending: dict[int, Counter[str]]
 ) -> list[tuple[np.ndarray, np.ndarray]]:
+    items, users, categories, i2i = (serving.items, serving.users, serving.categories, serving.i2i)
     groups = []
     for _, rows in sessions.groupby("session", sort=False):
         user = int(rows["user"].iloc[0])
@@ -86,7 +92,13 @@ def _groups(
             similar.append(
                 (ts, ([str(items[i]) for i in row.indices[order]], row.data[order].tolist()))
             )
-        cands = merge(batch_lists.get(user, ([], [])), similar, popular, view.excluded, want=60)
+        cands = merge(
+            serving.batch_lists.get(user, ([], [])),
+            similar,
+            serving.popular,
+            view.excluded,
+            want=60,
+        )
         if not cands:
             continue
         now = int(rows["ts"].iloc[half - 1])
@@ -98,16 +110,7 @@ def _groups(
     return groups
 
 
-def train(
-    held_out: pd.DataFrame,
-    batch_lists: dict[int, tuple[list[str], list[float]]],
-    i2i: sp.csr_matrix,
-    popular: tuple[list[str], list[float]],
-    items: pd.Index,
-    users: pd.Index,
-    categories: dict[str, str],
-    seed: int = 0,
-) -> RerankerResult:
+def train(held_out: pd.DataFrame, serving: ServingState, seed: int = 0) -> RerankerResult:
     """Train on 70% of held-out sessions; compare with the batch order on the other 30%."""
     sizes = held_out.groupby("session")["item"].transform("size")
     sessions = held_out.loc[sizes >= MIN_SESSION]
@@ -117,11 +120,11 @@ def train(
         .iloc[:MAX_SESSIONS]
     )
     sessions = sessions.loc[sessions["session"].isin(chosen)]
-    item_ids = items[held_out["item"].to_numpy()].astype(str)
+    item_ids = serving.items[held_out["item"].to_numpy()].astype(str)
     trending: dict[int, Counter[str]] = {}
     for hour, group in pd.Series(item_ids).groupby((held_out["ts"] // 3_600_000).to_numpy()):
         trending[code(hour)] = Counter(group.tolist())
-    groups = _groups(sessions, batch_lists, i2i, popular, items, users, categories, trending)
+    groups = _groups(sessions, serving, trending)
     if len(groups) < 20:
         return RerankerResult(None, 0.0, 0.0, len(groups))
     cut = int(len(groups) * 0.7)
