@@ -11,7 +11,6 @@ from typing import TypeVar
 import click
 import orjson
 from confluent_kafka import Producer
-from prometheus_client import start_http_server
 from tqdm import tqdm
 
 from consumers.materializer import Materializer, MaterializerOptions
@@ -22,7 +21,7 @@ from store.lifecycle import Lifecycle
 from store.registry import State, VersionInfo
 from tandem import topics
 from tandem.announce import announce
-from tandem.clictx import run_until_signal, settings_of
+from tandem.clictx import metrics_port_option, run_until_signal, serve_metrics, settings_of
 from tandem.ids import check_version
 from tandem.kafka import admin, producer_config
 from tandem.settings import Settings
@@ -63,12 +62,7 @@ def _with_lifecycle(settings: Settings, job: Callable[[Lifecycle], Awaitable[T]]
     help="Consumer group; run several processes in one group to share partitions.",
 )
 @click.option("--no-cutover", is_flag=True, help="Validate versions but never promote them.")
-@click.option(
-    "--metrics-port",
-    type=click.IntRange(1, 65535),
-    default=None,
-    help="Serve Prometheus metrics on this port.",
-)
+@metrics_port_option
 @click.pass_context
 def materialize(
     ctx: click.Context,
@@ -82,8 +76,7 @@ def materialize(
     options = MaterializerOptions(
         group=group, batch_size=batch_size, until_idle_s=until_idle_s, cutover=not no_cutover
     )
-    if metrics_port is not None:
-        start_http_server(metrics_port, addr="127.0.0.1")
+    serve_metrics(metrics_port)
 
     settings = settings_of(ctx)
     run_until_signal(lambda stop: Materializer(settings, options).run(stop))

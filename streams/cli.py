@@ -5,14 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from prometheus_client import start_http_server
 from tqdm import tqdm
 
 from streams.app import WorkerOptions
 from streams.produce import produce, read_events, synthetic_events
 from streams.runner import run_until
 from streams.session import SessionPolicy
-from tandem.clictx import run_until_signal, settings_of
+from tandem.clictx import metrics_port_option, run_until_signal, serve_metrics, settings_of
 
 
 @click.command()
@@ -36,12 +35,7 @@ from tandem.clictx import run_until_signal, settings_of
     type=click.IntRange(1, 1 << 20),
     help="Producer batch size of the changelog (streams/app.py explains the trade-off).",
 )
-@click.option(
-    "--metrics-port",
-    type=click.IntRange(1, 65535),
-    default=None,
-    help="Serve Prometheus metrics on this port.",
-)
+@metrics_port_option
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -56,8 +50,7 @@ def worker(
         session=SessionPolicy(gap_ms=session_gap_s * 1000),
         changelog_batch_bytes=changelog_batch_bytes,
     )
-    if metrics_port is not None:
-        start_http_server(metrics_port, addr="127.0.0.1")
+    serve_metrics(metrics_port)
 
     settings = settings_of(ctx)
     run_until_signal(lambda stop: run_until(settings, options, stop))

@@ -8,8 +8,22 @@ import signal
 from collections.abc import Awaitable, Callable
 
 import click
+from prometheus_client import start_http_server
 
 from tandem.settings import Settings
+
+metrics_port_option = click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve Prometheus metrics on 127.0.0.1 at this port.",
+)
+
+
+def serve_metrics(port: int | None) -> None:
+    """Expose this process's Prometheus metrics when a port is given."""
+    if port is not None:
+        start_http_server(port, addr="127.0.0.1")
 
 
 def settings_of(ctx: click.Context) -> Settings:
