@@ -17,8 +17,9 @@ from consumers.replay import replay
 from store.connect import connect
 from store.keys import Keys
 from store.lifecycle import Lifecycle
-from tandem.demo import Summary, _percentiles, _wait, step
+from tandem.demo import Summary, _percentiles, step
 from tandem.settings import Settings
+from tandem.waiting import wait_for
 
 
 class Walkthrough:
@@ -50,7 +51,7 @@ class Walkthrough:
         try:
             async with aiohttp.ClientSession() as http:
                 step("waiting for the three versions to be validated and go live")
-                live = await _wait(lambda: self._all_live(http), 90, "all stores live")
+                live = await wait_for(lambda: self._all_live(http), 90, "all stores live")
                 for store, version in live.items():
                     summary.add(f"{store} live version", version)
                 await self._session_changes_answer(http, redis, output, summary)
@@ -98,7 +99,7 @@ class Walkthrough:
                 for item in picks
             ],
         )
-        await _wait(lambda: redis.get(self._keys.session(user)), 30, "the session in Redis")
+        await wait_for(lambda: redis.get(self._keys.session(user)), 30, "the session in Redis")
         summary.add(
             "event → session visible in Redis",
             f"{(time.perf_counter() - sent) * 1000:.0f} ms (through the API, broker and worker)",
@@ -121,7 +122,7 @@ class Walkthrough:
             version = (await self._live(http))["u2i"]
             return version if version != first else None
 
-        second = await _wait(moved, 60, "the second version to go live")
+        second = await wait_for(moved, 60, "the second version to go live")
         summary.add("cutover", f"u2i v{first} → v{second}")
         step("rolling back through POST /v1/stores/u2i/rollback")
         status, body = await self._post(http, "/v1/stores/u2i/rollback", headers=self._auth)

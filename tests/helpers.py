@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
 import orjson
 from confluent_kafka import Consumer, TopicPartition
@@ -16,21 +12,9 @@ from tandem import topics
 from tandem.control import DLQ_OFFSET, DLQ_REASON, DLQ_TOPIC
 from tandem.kafka import consumer_config
 from tandem.settings import Settings
+from tandem.waiting import wait_for
 
-T = TypeVar("T")
-
-
-async def wait_for(
-    probe: Callable[[], Awaitable[T | None]], timeout_s: float = 30.0, what: str = "condition"
-) -> T:
-    """Poll ``probe`` until it returns something truthy; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = await probe()
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+__all__ = ["env_of", "read_dlq", "wait_for"]
 
 
 def read_dlq(settings: Settings, source_topic: str) -> list[tuple[bytes, bytes, bytes]]:
