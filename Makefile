@@ -14,20 +14,32 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# redis-server must be on PATH: install it from Debian's packages when missing and we are root.
+# redis-server must be on PATH, and Java 17+ with Maven runs Apache Kafka (without them the
+# tests and the demo fall back to the embedded Tansu broker): install what is missing from
+# Debian's packages when we are root.
+APT_INSTALL = DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
 services-prereq:
 	@command -v redis-server >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing redis-server with apt-get"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	    apt-get update -qq && $(APT_INSTALL) redis-server >/dev/null; \
 	  else \
 	    echo "redis-server is missing: install it (apt-get install redis-server, brew install redis)"; exit 1; \
+	  fi; }
+	@{ command -v java >/dev/null 2>&1 && command -v mvn >/dev/null 2>&1; } || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Java 17 and Maven with apt-get (for the Apache Kafka broker)"; \
+	    apt-get update -qq && $(APT_INSTALL) openjdk-17-jre-headless maven >/dev/null \
+	      || echo "could not install Java and Maven: the embedded Tansu broker will be used"; \
+	  else \
+	    echo "Java 17+ or Maven is missing: the embedded Tansu broker will be used"; \
 	  fi; }
 
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 pytest: install services-prereq
 	$(BIN)/pytest
@@ -38,12 +50,12 @@ demo: install services-prereq
 	$(BIN)/tandem demo
 
 bench: install services-prereq
-	$(BIN)/tandem bench store --write benchmarks/RESULTS.md
-	$(BIN)/tandem bench publish --write benchmarks/RESULTS.md
-	$(BIN)/tandem bench materialize --write benchmarks/RESULTS.md
-	$(BIN)/tandem bench freshness --write benchmarks/RESULTS.md
-	$(BIN)/tandem bench api --write benchmarks/RESULTS.md
-	$(BIN)/tandem bench batch --write benchmarks/RESULTS.md
+	$(BIN)/python -m benchmarks store --write benchmarks/RESULTS.md
+	$(BIN)/python -m benchmarks publish --write benchmarks/RESULTS.md
+	$(BIN)/python -m benchmarks materialize --write benchmarks/RESULTS.md
+	$(BIN)/python -m benchmarks freshness --write benchmarks/RESULTS.md
+	$(BIN)/python -m benchmarks api --write benchmarks/RESULTS.md
+	$(BIN)/python -m benchmarks batch --write benchmarks/RESULTS.md
 
 clean:
 	rm -rf $(VENV) .state .mypy_cache .ruff_cache .pytest_cache

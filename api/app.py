@@ -12,16 +12,16 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api import handlers, metrics
-from api.exceptions import ApiError
-from api.keys import LIFECYCLE, OUTCOME, PRODUCER, REDIS, SERVICE, SETTINGS
-from api.producer import AsyncProducer
-from api.service import Budget, RecommendationService
-from store.connect import connect
-from store.keys import Keys
-from store.lifecycle import Lifecycle
-from store.online import OnlineReader
-from tandem.settings import Settings
+from tandem.api import handlers, metrics
+from tandem.api.exceptions import ApiError
+from tandem.api.keys import ADMIN, OUTCOME, PRODUCER, REDIS, SERVICE, SETTINGS
+from tandem.api.producer import AsyncProducer
+from tandem.api.service import Budget, RecommendationService
+from tandem.contracts.settings import Settings
+from tandem.store.admin import VersionAdmin
+from tandem.store.connect import connect
+from tandem.store.keys import Keys
+from tandem.store.online import OnlineReader
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +68,9 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
         settings.api_deadline_ms, settings.api_redis_timeout_ms, settings.api_cache_ttl_s
     )
     app[REDIS] = redis
-    app[LIFECYCLE] = Lifecycle(redis, keys)
     app[SERVICE] = RecommendationService(OnlineReader(redis, keys), budget, executor)
     app[PRODUCER] = AsyncProducer(settings, asyncio.get_running_loop())
+    app[ADMIN] = VersionAdmin(settings, redis, app[PRODUCER].producer)
     yield
     await app[SERVICE].drain()
     await asyncio.to_thread(app[PRODUCER].close)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from tandem.exceptions import TandemError
+from tandem.contracts.exceptions import TandemError
+
+
+class ModelRejected(TandemError):
+    """A version's re-ranker model that cannot serve (it does not load, or its features differ)."""
 
 
 class ApiError(TandemError):
@@ -38,6 +42,12 @@ class NotFound(ApiError):
     """Nothing at that path (or the feature is off)."""
 
     status = 404
+
+
+class Conflict(ApiError):
+    """The request conflicts with the current state (say, no backup version to roll back to)."""
+
+    status = 409
 
 
 class Unavailable(ApiError):

@@ -10,14 +10,22 @@ import orjson
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from api import metrics
-from api.exceptions import BadRequest, Forbidden, NotFound, Unauthorized, Unavailable
-from api.keys import LIFECYCLE, OUTCOME, PRODUCER, REDIS, SERVICE, SETTINGS
-from api.openapi import document
-from store.registry import State
-from tandem.exceptions import TandemError, ValidationError
-from tandem.ids import check_id, check_store
-from tandem.schemas import DEVICES, parse_event
+from tandem.api import metrics
+from tandem.api.exceptions import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    Unauthorized,
+    Unavailable,
+)
+from tandem.api.keys import ADMIN, OUTCOME, PRODUCER, REDIS, SERVICE, SETTINGS
+from tandem.api.openapi import document
+from tandem.contracts.domain import DEVICES
+from tandem.contracts.exceptions import ValidationError
+from tandem.contracts.ids import check_id, check_store
+from tandem.contracts.schemas import parse_event
+from tandem.store.exceptions import RollbackRefused
 
 MAX_K = 200
 MAX_EVENTS = 1000
@@ -105,28 +113,15 @@ def _store(request: web.Request) -> str:
 async def stores(request: web.Request) -> web.Response:
     """GET /v1/stores (admin)"""
     _require_admin(request)
-    lifecycle = request.app[LIFECYCLE]
-    body = [
-        {"store": s, "live": await lifecycle.live(s), "backup": await lifecycle.backup(s)}
-        for s in sorted(request.app[SETTINGS].stores)
-    ]
+    overview = await request.app[ADMIN].overview()
+    body = [{"store": s.store, "live": s.live, "backup": s.backup} for s in overview]
     return _json({"stores": body})
 
 
 async def store_versions(request: web.Request) -> web.Response:
     """GET /v1/stores/{store}/versions (admin)"""
     _require_admin(request)
-    store = _store(request)
-    lifecycle = request.app[LIFECYCLE]
-    found = await lifecycle.registry.list(store)
-    return _json(
-        {
-            "store": store,
-            "live": await lifecycle.live(store),
-            "backup": await lifecycle.backup(store),
-            "versions": [info.to_dict() for info in found],
-        }
-    )
+    return _json((await request.app[ADMIN].versions(_store(request))).to_dict())
 
 
 async def rollback(request: web.Request) -> web.Response:
@@ -134,10 +129,9 @@ async def rollback(request: web.Request) -> web.Response:
     _require_admin(request)
     store = _store(request)
     try:
-        rolled_back, live = await request.app[LIFECYCLE].rollback(store)
-    except TandemError as e:
-        return _json({"error": str(e)}, 409)
-    request.app[PRODUCER].announce(store, live, State.LIVE.value, rolled_back_from=rolled_back)
+        rolled_back, live = await request.app[ADMIN].rollback(store)
+    except RollbackRefused as e:
+        raise Conflict(str(e)) from e
     return _json({"store": store, "rolled_back": rolled_back, "live": live})
 
 
@@ -151,9 +145,8 @@ async def readyz(request: web.Request) -> web.Response:
     checks: dict[str, bool] = {}
     try:
         checks["redis"] = bool(await asyncio.wait_for(request.app[REDIS].ping(), 1.0))
-        lifecycle = request.app[LIFECYCLE]
-        lives = [await lifecycle.live(s) for s in request.app[SETTINGS].stores]
-        checks["live_version"] = any(v is not None for v in lives)
+        overview = await request.app[ADMIN].overview()
+        checks["live_version"] = any(s.live is not None for s in overview)
     except (RedisError, OSError, TimeoutError):
         checks["redis"] = False
         checks["live_version"] = False

@@ -5,14 +5,14 @@ from __future__ import annotations
 from aiohttp import web
 from redis.asyncio import Redis
 
-from api.producer import AsyncProducer
-from api.service import RecommendationService
-from store.lifecycle import Lifecycle
-from tandem.settings import Settings
+from tandem.api.producer import AsyncProducer
+from tandem.api.service import RecommendationService
+from tandem.contracts.settings import Settings
+from tandem.store.admin import VersionAdmin
 
 SETTINGS = web.AppKey("settings", Settings)
 REDIS = web.AppKey("redis", Redis)
 PRODUCER = web.AppKey("producer", AsyncProducer)
 SERVICE = web.AppKey("service", RecommendationService)
-LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+ADMIN = web.AppKey("admin", VersionAdmin)
 OUTCOME = web.RequestKey("outcome", str)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tandem.contracts.domain import DEVICES, EVENT_TYPES
+
 JSON = "application/json"
 ADMIN: list[dict[str, list[str]]] = [{"bearer": []}]
 
@@ -31,10 +33,10 @@ EVENT_SCHEMA: dict[str, Any] = {
     "properties": {
         "user_id": {"type": "string", "pattern": "^[A-Za-z0-9._:@-]{1,128}$"},
         "item_id": {"type": "string", "pattern": "^[A-Za-z0-9._:@-]{1,128}$"},
-        "event_type": {"enum": ["view", "click", "add_to_cart", "purchase", "like", "dislike"]},
+        "event_type": {"enum": sorted(EVENT_TYPES)},
         "ts": {"oneOf": [{"type": "integer"}, {"type": "string", "format": "date-time"}]},
         "event_id": {"type": "string", "pattern": "^[A-Za-z0-9._:@-]{1,128}$"},
-        "device": {"enum": ["mobile", "desktop", "tablet", "tv", "other"]},
+        "device": {"enum": sorted(DEVICES)},
         "session_id": {"type": "string", "pattern": "^[A-Za-z0-9._:@-]{1,128}$"},
         "context": {"type": "object", "maxProperties": 16},
     },
@@ -97,7 +99,7 @@ def document() -> dict[str, Any]:
                         {
                             "name": "device",
                             "in": "query",
-                            "schema": {"enum": ["mobile", "desktop", "tablet", "tv", "other"]},
+                            "schema": {"enum": sorted(DEVICES)},
                         },
                     ],
                     "responses": {

@@ -7,11 +7,10 @@ import threading
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from api.exceptions import Unavailable
-from tandem import topics
-from tandem.announce import announce
-from tandem.kafka import producer_config
-from tandem.settings import Settings
+from tandem.api.exceptions import Unavailable
+from tandem.contracts import topics
+from tandem.contracts.kafka import make_producer
+from tandem.contracts.settings import Settings
 
 DELIVERY_TIMEOUT_MS = 5000
 
@@ -21,8 +20,8 @@ class AsyncProducer:
 
     def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._producer = Producer(
-            producer_config(settings, bulk=False, **{"message.timeout.ms": DELIVERY_TIMEOUT_MS})
+        self._producer = make_producer(
+            settings, bulk=False, **{"message.timeout.ms": DELIVERY_TIMEOUT_MS}
         )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="kafka-acks", daemon=True)
@@ -59,9 +58,10 @@ class AsyncProducer:
             raise Unavailable(f"the producer refused the event: {e}") from e
         return future
 
-    def announce(self, store: str, version: int, state: str, **fields: object) -> None:
-        """Queue a lifecycle record on tandem.versions (a rollback made through the API)."""
-        announce(self._producer, store, version, state, **fields)
+    @property
+    def producer(self) -> Producer:
+        """The underlying producer (its acks are served here): lifecycle records use it too."""
+        return self._producer
 
     def broker_reachable(self, timeout_s: float = 1.0) -> bool:
         """Whether a metadata request succeeds (blocking: call it from a thread)."""

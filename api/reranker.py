@@ -9,7 +9,8 @@ import lightgbm as lgb
 import numpy as np
 import numpy.typing as npt
 
-from tandem.features import FEATURES, heuristic_scores
+from tandem.api.exceptions import ModelRejected
+from tandem.contracts.features import FEATURES, heuristic_scores
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,9 @@ class LightGBMReranker:
         self.booster = lgb.Booster(model_str=model_text)
         names = tuple(self.booster.feature_name())
         if names != FEATURES:
-            raise ValueError(f"model features {names} differ from the serving features {FEATURES}")
+            raise ModelRejected(
+                f"model features {names} differ from the serving features {FEATURES}"
+            )
         self.name = f"lightgbm:v{version}"
 
     def score(self, features: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -59,6 +62,6 @@ def load_reranker(model_text: bytes | None, version: int) -> Reranker:
         return HeuristicReranker()
     try:
         return LightGBMReranker(model_text.decode(), version)
-    except (ValueError, lgb.basic.LightGBMError) as e:
+    except (ModelRejected, lgb.basic.LightGBMError) as e:
         log.error("u2i v%s: its re-ranker does not load (%s); using the heuristic", version, e)
         return HeuristicReranker()

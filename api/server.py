@@ -8,8 +8,8 @@ import multiprocessing
 import uvloop
 from aiohttp import web
 
-from api.app import create_app
-from tandem.settings import Settings
+from tandem.api.app import create_app
+from tandem.contracts.settings import Settings
 
 log = logging.getLogger(__name__)
 

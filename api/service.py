@@ -13,17 +13,26 @@ import numpy as np
 import orjson
 from redis.exceptions import RedisError
 
-from api import metrics
-from api.exceptions import Unavailable
-from api.reranker import Reranker, load_reranker
-from store.online import OnlineReader, RequestData, Versions
-from tandem.features import FROM_I2I, FROM_POPULAR, FROM_U2I, Candidate, Context, build_features
-from tandem.ranking import SessionView, merge
+from tandem.api import metrics
+from tandem.api.exceptions import Unavailable
+from tandem.api.reranker import Reranker, load_reranker
+from tandem.contracts.domain import I2I, POPULAR, U2I
+from tandem.contracts.exceptions import ValidationError
+from tandem.contracts.features import (
+    FROM_I2I,
+    FROM_POPULAR,
+    FROM_U2I,
+    Candidate,
+    Context,
+    build_features,
+)
+from tandem.contracts.ranking import NO_SESSION, SessionView, merge
+from tandem.contracts.session import SessionState
+from tandem.store.online import OnlineReader, RequestData, Versions
 
 log = logging.getLogger(__name__)
 
-SOURCE_NAMES = ((FROM_U2I, "u2i"), (FROM_I2I, "i2i"), (FROM_POPULAR, "popular"))
-NO_SESSION = SessionView([], {}, 0)
+SOURCE_NAMES = ((FROM_U2I, U2I), (FROM_I2I, I2I), (FROM_POPULAR, POPULAR))
 MIN_CANDIDATES = 50
 
 
@@ -48,13 +57,11 @@ def _session(raw: bytes | None) -> tuple[SessionView, str | None]:
     if raw is None:
         return NO_SESSION, None
     try:
-        body = orjson.loads(raw)
-        items = [(str(i), str(t), int(ts)) for i, t, ts in body.get("items", ())]
-        counts = body.get("counts", {})
-        return SessionView(items, dict(body.get("aff", {})), sum(counts.values())), body.get("dev")
-    except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError):
-        log.warning("ignoring an unreadable session")
+        state = SessionState.decode(raw)
+    except ValidationError as e:
+        log.warning("ignoring an unreadable session: %s", e)
         return NO_SESSION, None
+    return state.view(), state.device
 
 
 def _sources(mask: int) -> list[str]:
@@ -114,7 +121,7 @@ class RecommendationService:
             user, items, data.versions, reranker.name, degraded, "deadline" if degraded else None
         )
         if not degraded:
-            self._cache(data.cache_key, core)
+            self._cache(data, core)
         body = _envelope(core, cached=False, started=started)
         return Answer(body, "degraded" if degraded else "ok")
 
@@ -180,9 +187,10 @@ class RecommendationService:
         if getattr(reranker, "inline", False) and left > 0:
             scores = self._score(reranker, candidates, context, trending)
             return np.argsort(-scores, kind="stable").tolist(), scores.tolist(), False
+        if left <= 0:
+            metrics.DEGRADED.labels("deadline").inc()
+            return batch_order, batch_scores, True
         try:
-            if left <= 0:
-                raise TimeoutError
             scores = await asyncio.wait_for(
                 asyncio.get_running_loop().run_in_executor(
                     self._executor, self._score, reranker, candidates, context, trending
@@ -215,20 +223,20 @@ class RecommendationService:
             ) from error
         metrics.DEGRADED.labels("redis").inc()
         items = [
-            {"item_id": i, "score": round(s, 6), "sources": ["popular"]}
+            {"item_id": i, "score": round(s, 6), "sources": [POPULAR]}
             for i, s in zip(*popular, strict=True)
         ][:k]
         core = _core(user, items, Versions(None, None, None), "none", True, "redis unavailable")
         return Answer(_envelope(core, cached=False, started=started), "degraded")
 
-    def _cache(self, key: str, core: bytes) -> None:
-        task = asyncio.create_task(self._write_cache(key, core))
+    def _cache(self, data: RequestData, core: bytes) -> None:
+        task = asyncio.create_task(self._write_cache(data, core))
         self._pending_writes.add(task)
         task.add_done_callback(self._pending_writes.discard)
 
-    async def _write_cache(self, key: str, core: bytes) -> None:
+    async def _write_cache(self, data: RequestData, core: bytes) -> None:
         try:
-            await self._reader.store_answer(key, core, self._budget.cache_ttl_s)
+            await self._reader.store_answer(data, core, self._budget.cache_ttl_s)
         except (RedisError, OSError) as e:
             log.warning("could not cache an answer: %s", e)
 
@@ -240,9 +248,9 @@ class RecommendationService:
 
 def _observe(versions: Versions) -> None:
     for store, version in (
-        ("u2i", versions.u2i),
-        ("i2i", versions.i2i),
-        ("popular", versions.popular),
+        (U2I, versions.u2i),
+        (I2I, versions.i2i),
+        (POPULAR, versions.popular),
     ):
         if version is not None:
             metrics.LIVE_VERSION.labels(store).set(version)
@@ -260,7 +268,7 @@ def _core(
         {
             "user_id": user,
             "items": items,
-            "versions": {"u2i": versions.u2i, "i2i": versions.i2i, "popular": versions.popular},
+            "versions": {U2I: versions.u2i, I2I: versions.i2i, POPULAR: versions.popular},
             "reranker": reranker,
             "degraded": degraded,
             "degraded_reason": reason,

@@ -9,9 +9,9 @@ from pathlib import Path
 import orjson
 import pyarrow.parquet as pq
 
-from batch.exceptions import InputError
-from tandem.exceptions import ValidationError
-from tandem.schemas import CandidateList, parse_candidates
+from tandem.batch.exceptions import InputError
+from tandem.contracts.exceptions import ValidationError
+from tandem.contracts.schemas import CandidateList, parse_candidates
 
 PARQUET_BATCH_ROWS = 10_000
 

@@ -16,17 +16,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from batch.exceptions import InputError
+from tandem.batch.exceptions import InputError
+from tandem.contracts.domain import POSITIVE_WEIGHTS
 
 SESSION_GAP_MS = 30 * 60 * 1000
-EVENT_WEIGHTS = {
-    "view": 1.0,
-    "click": 2.0,
-    "add_to_cart": 3.0,
-    "purchase": 5.0,
-    "like": 3.0,
-    "dislike": 0.0,
-}
 REQUIRED = ("user_id", "item_id", "ts")
 
 
@@ -111,10 +104,10 @@ def load(interactions: Path, items: Path | None = None) -> Dataset:
         if "event_type" in frame
         else pd.Series("view", index=frame.index)
     )
-    unknown = ~event_type.isin(list(EVENT_WEIGHTS))
+    unknown = ~event_type.isin(list(POSITIVE_WEIGHTS))
     if unknown.any():
         raise _first_bad(
-            interactions, "event_type", unknown, "must be one of " + ", ".join(EVENT_WEIGHTS)
+            interactions, "event_type", unknown, "must be one of " + ", ".join(POSITIVE_WEIGHTS)
         )
     users = pd.Index(frame["user_id"].astype(str).unique())
     item_frame = _read(items) if items is not None else None
@@ -134,7 +127,7 @@ def load(interactions: Path, items: Path | None = None) -> Dataset:
             "weight": (
                 frame["weight"].to_numpy(dtype=np.float32)
                 if "weight" in frame
-                else event_type.map(EVENT_WEIGHTS).to_numpy(dtype=np.float32)
+                else event_type.map(POSITIVE_WEIGHTS).to_numpy(dtype=np.float32)
             ),
         }
     )

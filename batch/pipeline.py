@@ -22,11 +22,12 @@ import pandas as pd
 import scipy.sparse as sp
 from tqdm import tqdm
 
-from batch import candidates as cand
-from batch import ranking, rerank_train
-from batch.data import Dataset, code, load
-from batch.evaluate import hit_rate_at, map_at, ndcg_at, recall_at
-from tandem.schemas import CandidateList
+from tandem.batch import candidates as cand
+from tandem.batch import ranking, rerank_train
+from tandem.batch.data import Dataset, code, load
+from tandem.batch.evaluate import hit_rate_at, map_at, ndcg_at, recall_at
+from tandem.batch.exceptions import InputError
+from tandem.contracts.schemas import CandidateList
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,10 @@ def run(data_dir: Path, *, seed: int = 0, quiet: bool = False) -> BatchOutput:
     stages = Stages(total=8, quiet=quiet)
     interactions = next(iter(sorted(data_dir.glob("interactions.*"))), None)
     if interactions is None:
-        raise FileNotFoundError(f"{data_dir}: no interactions.parquet or interactions.csv")
+        raise InputError(
+            f"{data_dir}: no interactions.parquet or interactions.csv; write one with "
+            "`tandem data synth --out DIR` or see the README for its columns"
+        )
     items_file = next(iter(sorted(data_dir.glob("items.*"))), None)
     data = stages.run("load", lambda: load(interactions, items_file))
     # The time-split work runs in its own frame, so its candidates are freed before the final

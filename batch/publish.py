@@ -7,17 +7,16 @@ import time
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message
 from confluent_kafka.cimpl import NewTopic
 
-from batch.exceptions import PushError
-from store.codec import encode
-from tandem import topics
-from tandem.announce import announce
-from tandem.checksum import combine, record_digest, to_hex
-from tandem.control import (
+from tandem.batch.exceptions import PushError
+from tandem.contracts import topics
+from tandem.contracts.checksum import combine, record_digest, to_hex
+from tandem.contracts.codec import encode
+from tandem.contracts.control import (
     ATTACHMENTS,
     Control,
     EndOfPush,
@@ -27,10 +26,20 @@ from tandem.control import (
     control_headers,
     record_headers,
 )
-from tandem.exceptions import ServiceError
-from tandem.kafka import admin, create_topics, existing_topics, producer_config
-from tandem.schemas import CandidateList
-from tandem.settings import Settings
+from tandem.contracts.domain import I2I, POPULAR, U2I
+from tandem.contracts.exceptions import ServiceError
+from tandem.contracts.kafka import (
+    admin,
+    create_topics,
+    existing_topics,
+    make_producer,
+)
+from tandem.contracts.schemas import CandidateList
+from tandem.contracts.settings import Settings
+from tandem.contracts.versions import State, announce
+
+if TYPE_CHECKING:
+    from tandem.batch.pipeline import BatchOutput
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +78,14 @@ class PushResult:
         """The version's checksum (what the registry will show once it is ingested)."""
         return to_hex(combine(*self.checksums))
 
+    def describe(self) -> str:
+        """One line for people."""
+        return (
+            f"published {self.store} v{self.version}: {self.count} records in "
+            f"{self.partitions} partitions, checksum {self.checksum} ({self.seconds:.1f} s)"
+            f" on topic {self.topic}"
+        )
+
 
 class _Deliveries:
     """Collects the first delivery failure, naming the entity."""
@@ -93,7 +110,7 @@ class Publisher:
     def __init__(self, settings: Settings, **producer_overrides: Any) -> None:
         self._settings = settings
         self._admin = admin(settings)
-        self._producer = Producer(producer_config(settings, bulk=True, **producer_overrides))
+        self._producer = make_producer(settings, bulk=True, **producer_overrides)
 
     def _create_topic(self, store: str, partitions: int) -> tuple[int, str]:
         version = allocate_version()
@@ -171,7 +188,7 @@ class Publisher:
             self._producer,
             store,
             version,
-            "pushed",
+            State.PUSHED,
             topic=topic,
             partitions=parts,
             count=result.count,
@@ -243,3 +260,29 @@ class Publisher:
 
     def __exit__(self, *exc: object) -> None:
         self._producer.flush(30)
+
+
+def publish_output(settings: Settings, output: BatchOutput, stores: list[str]) -> list[str]:
+    """Push the chosen stores of a batch run; u2i carries the re-ranker and item categories."""
+    lines = []
+    metadata = {
+        "metrics": {
+            k: v for k, v in output.metrics.items() if k.startswith(("ranker_", "candidates_"))
+        },
+        "reranker": "lightgbm" if output.reranker_model else None,
+    }
+    with Publisher(settings) as publisher:
+        for store in stores:
+            attachments = {}
+            if store == U2I:
+                attachments["categories"] = output.categories_json()
+                if output.reranker_model is not None:
+                    attachments["model"] = output.reranker_model.encode()
+            rows = {U2I: output.u2i_rows, I2I: output.i2i_rows, POPULAR: output.popular_rows}[
+                store
+            ]()
+            result = publisher.publish(
+                store, rows, metadata=metadata if store == U2I else {}, attachments=attachments
+            )
+            lines.append(result.describe())
+    return lines

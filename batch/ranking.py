@@ -6,11 +6,11 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from batch.candidates import SOURCES, popularity
-from batch.data import Dataset
+from tandem.batch.candidates import SOURCES, popularity
+from tandem.batch.data import Dataset
+from tandem.contracts.domain import POSITIVE_WEIGHTS
 
 RANKER_FEATURES = (*SOURCES, "n_sources", "item_pop", "user_category_share", "user_activity")
-GRADES = {"view": 1, "click": 2, "add_to_cart": 3, "like": 3, "purchase": 4, "dislike": 0}
 
 
 def features(frame: pd.DataFrame, events: pd.DataFrame, data: Dataset, now_ms: int) -> pd.DataFrame:
@@ -39,7 +39,7 @@ def features(frame: pd.DataFrame, events: pd.DataFrame, data: Dataset, now_ms: i
 
 def labels(frame: pd.DataFrame, future: pd.DataFrame, n_items: int) -> np.ndarray:
     """Graded relevance of each candidate from the user's events after the split."""
-    grade = future["event_type"].map(GRADES).to_numpy()
+    grade = future["event_type"].map(POSITIVE_WEIGHTS).to_numpy()
     key = future["user"].to_numpy(np.int64) * n_items + future["item"].to_numpy(np.int64)
     best = pd.Series(grade).groupby(key).max()
     cand_key = frame["user"].to_numpy(np.int64) * n_items + frame["item"].to_numpy(np.int64)

@@ -16,12 +16,13 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from batch.data import code
-from batch.evaluate import ndcg_at
-from streams.session import SessionPolicy, SessionState, update
-from tandem.features import FEATURES, Context, build_features
-from tandem.ranking import SessionView, merge
-from tandem.schemas import Event
+from tandem.batch.data import code
+from tandem.batch.evaluate import ndcg_at
+from tandem.contracts.domain import KNOWN_DEVICES
+from tandem.contracts.features import FEATURES, Context, build_features
+from tandem.contracts.ranking import NO_SESSION, merge
+from tandem.contracts.schemas import Event
+from tandem.contracts.session import SessionPolicy, SessionState, update
 
 MIN_SESSION = 4
 MAX_SESSIONS = 6000
@@ -56,7 +57,7 @@ class ServingState:
 
 def _context(
     rows: pd.DataFrame, items: pd.Index, categories: dict[str, str], user: str
-) -> tuple[SessionState | None, list[tuple[str, str, int]]]:
+) -> SessionState | None:
     state = None
     for item, kind, ts, device in rows[["item", "event_type", "ts", "device"]].itertuples(
         index=False
@@ -68,10 +69,10 @@ def _context(
             kind,
             int(ts),
             f"{user}{ts}{item}",
-            device=device if device in ("mobile", "desktop", "tablet", "tv") else None,
+            device=device if device in KNOWN_DEVICES else None,
         )
         state = update(state, event, categories.get(item_id), SessionPolicy())
-    return state, list(state.items) if state else []
+    return state
 
 
 def _groups(
@@ -82,9 +83,9 @@ def _groups(
     for _, rows in sessions.groupby("session", sort=False):
         user = int(rows["user"].iloc[0])
         half = len(rows) // 2
-        state, recent = _context(rows.iloc[:half], items, categories, str(users[user]))
+        state = _context(rows.iloc[:half], items, categories, str(users[user]))
         targets = {str(items[i]) for i in rows["item"].iloc[half:]}
-        view = SessionView(recent, dict(state.affinity) if state else {}, half)
+        view = state.view() if state else NO_SESSION
         similar = []
         for item, ts in view.seeds():
             row = i2i.getrow(items.get_loc(item))

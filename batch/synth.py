@@ -10,10 +10,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-DEVICES = np.array(["mobile", "desktop", "tablet", "tv"])
+from tandem.contracts.domain import KNOWN_DEVICES, EventType
+
+DEVICES = np.array([str(d) for d in KNOWN_DEVICES])
 DEVICE_P = np.array([0.5, 0.3, 0.15, 0.05])
-EVENT_TYPES = np.array(["view", "click", "add_to_cart", "purchase", "like", "dislike"])
-EVENT_P = np.array([0.6, 0.22, 0.08, 0.05, 0.04, 0.01])
+# How often each event type occurs.
+EVENT_P = {
+    EventType.VIEW: 0.6,
+    EventType.CLICK: 0.22,
+    EventType.ADD_TO_CART: 0.08,
+    EventType.PURCHASE: 0.05,
+    EventType.LIKE: 0.04,
+    EventType.DISLIKE: 0.01,
+}
+EVENT_TYPES = np.array([str(kind) for kind in EVENT_P])
 DAY_MS = 86_400_000
 START_MS = 1_780_000_000_000
 
@@ -103,7 +113,9 @@ def generate(spec: SynthSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
             "user_id": "u" + pd.Series(sessions["user"].to_numpy()[idx]).astype(str),
             "item_id": "i" + pd.Series(item).astype(str),
             "ts": ts.astype(np.int64),
-            "event_type": EVENT_TYPES[rng.choice(len(EVENT_TYPES), size=idx.size, p=EVENT_P)],
+            "event_type": EVENT_TYPES[
+                rng.choice(len(EVENT_TYPES), size=idx.size, p=list(EVENT_P.values()))
+            ],
             "device": DEVICES[sessions["device"].to_numpy()[idx]],
             "session_id": "s" + pd.Series(idx).astype(str),
         }

@@ -1,5 +1,6 @@
-"""``tandem bench api``: open-loop load (constant arrival rate) against tandem's recommendations
-and against a bare aiohttp handler doing one Redis GET of the same bytes, in the same run."""
+"""``python -m benchmarks api``: open-loop load (constant arrival rate) against tandem's
+recommendations and against a bare aiohttp handler doing one Redis GET of the same bytes, in the
+same run."""
 
 from __future__ import annotations
 
@@ -15,13 +16,13 @@ from dataclasses import dataclass
 import aiohttp
 
 from benchmarks.common import machine, percentile
-from store.codec import encode
-from store.connect import connect
-from store.keys import Keys
-from store.lifecycle import Lifecycle
-from store.writer import VersionWriter
-from tandem import devservices
-from tandem.settings import Settings
+from tandem.contracts.codec import encode
+from tandem.contracts.settings import Settings
+from tandem.shell import devservices
+from tandem.store.connect import connect
+from tandem.store.keys import Keys
+from tandem.store.lifecycle import Lifecycle
+from tandem.store.writer import VersionWriter
 
 CANDIDATES = 200
 P99_LIMIT_MS = 10.0
@@ -62,7 +63,7 @@ class ApiResult:
     def markdown(self) -> str:
         """The RESULTS.md section."""
         rows = [
-            "## API (`tandem bench api`)",
+            "## API (`python -m benchmarks api`)",
             "",
             f"Machine: {machine()}. One API process each; open-loop load from a third process "
             f"on the same 2 cores, {self.seconds:g} s per rate, {self.users:,} users with "

@@ -1,4 +1,5 @@
-"""The baseline of ``tandem bench api``: an aiohttp handler doing one Redis GET of the same bytes.
+"""The baseline of ``python -m benchmarks api``: an aiohttp handler doing one Redis GET of the
+same bytes.
 
 Run as ``python -m benchmarks.bare_server PORT REDIS_URL PREFIX``.
 """

@@ -1,4 +1,4 @@
-"""``tandem bench batch``: the batch stage on a large synthetic set, stage by stage."""
+"""``python -m benchmarks batch``: the batch stage on a large synthetic set, stage by stage."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from batch.pipeline import StageTiming, run
-from batch.synth import SynthSpec, write
 from benchmarks.common import machine
+from tandem.batch.pipeline import StageTiming, run
+from tandem.batch.synth import SynthSpec, write
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class BatchBenchResult:
         total = sum(s.seconds for s in self.stages)
         peak = max(s.peak_mb for s in self.stages)
         rows = [
-            "## Batch stage (`tandem bench batch`)",
+            "## Batch stage (`python -m benchmarks batch`)",
             "",
             f"Machine: {machine()}. {self.spec.users:,} users, {self.spec.items:,} items, "
             f"{self.events:,} events over {self.spec.days} days (generated in "

@@ -1,4 +1,4 @@
-"""``tandem bench``: benchmarks that print ratios against a baseline measured in the same run."""
+"""``python -m benchmarks``: each prints ratios against a baseline measured in the same run."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from benchmarks import (
     pipeline_bench,
     store_bench,
 )
-from tandem.clictx import settings_of
+from tandem.contracts.settings import Settings
+from tandem.shell.clictx import settings_of
 
 RESULTS = Path("benchmarks/RESULTS.md")
 
@@ -37,9 +38,15 @@ write_option = click.option(
 )
 
 
-@click.group()
-def bench() -> None:
-    """Benchmarks; each prints tandem's figures beside a baseline measured in the same run."""
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.pass_context
+def bench(ctx: click.Context) -> None:
+    """Benchmarks; each prints tandem's figures beside a baseline measured in the same run.
+
+    Run from a checkout as ``python -m benchmarks NAME``; settings come from ``TANDEM_*``.
+    """
+    if ctx.obj is None:
+        ctx.obj = Settings.load()
 
 
 @bench.command("store")
@@ -53,7 +60,7 @@ def bench_store(ctx: click.Context, entities: int, reads: int, write: Path | Non
         result = asyncio.run(store_bench.run(settings, entities, reads))
     _report(
         "store",
-        f"tandem bench store --entities {entities} --reads {reads}",
+        f"python -m benchmarks store --entities {entities} --reads {reads}",
         result.markdown(),
         write,
     )
@@ -70,7 +77,7 @@ def bench_publish(ctx: click.Context, records: int, items: int, write: Path | No
         result = pipeline_bench.run_publish(settings, records, items)
     _report(
         "publish",
-        f"tandem bench publish --records {records} --items {items}",
+        f"python -m benchmarks publish --records {records} --items {items}",
         result.markdown(),
         write,
     )
@@ -87,7 +94,7 @@ def bench_materialize(ctx: click.Context, records: int, items: int, write: Path 
         result = pipeline_bench.run_materialize(settings, records, items)
     _report(
         "materialize",
-        f"tandem bench materialize --records {records} --items {items}",
+        f"python -m benchmarks materialize --records {records} --items {items}",
         result.markdown(),
         write,
     )
@@ -144,7 +151,7 @@ def bench_freshness(
         )
     _report(
         f"freshness-{changelog_batch_bytes}",
-        f"tandem bench freshness --seconds {seconds:g} --rates {rates} --flood {flood} "
+        f"python -m benchmarks freshness --seconds {seconds:g} --rates {rates} --flood {flood} "
         f"--changelog-batch-bytes {changelog_batch_bytes}",
         result.markdown(),
         write,
@@ -167,7 +174,10 @@ def bench_api(ctx: click.Context, users: int, seconds: float, write: Path | None
     with common.services(settings_of(ctx)) as settings:
         result = api_bench.run(settings, users, seconds)
     _report(
-        "api", f"tandem bench api --users {users} --seconds {seconds:g}", result.markdown(), write
+        "api",
+        f"python -m benchmarks api --users {users} --seconds {seconds:g}",
+        result.markdown(),
+        write,
     )
 
 
@@ -183,7 +193,8 @@ def bench_batch(users: int, items: int, events_per_user: float, write: Path | No
     result = batch_bench.bench(users, items, events_per_user)
     _report(
         "batch",
-        f"tandem bench batch --users {users} --items {items} --events-per-user {events_per_user:g}",
+        f"python -m benchmarks batch --users {users} --items {items} "
+        f"--events-per-user {events_per_user:g}",
         result.markdown(),
         write,
     )

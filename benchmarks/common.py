@@ -14,9 +14,9 @@ from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
-from tandem import devservices
-from tandem.kafka import ensure_base_topics
-from tandem.settings import Settings
+from tandem.contracts.kafka import ensure_base_topics
+from tandem.contracts.settings import Settings
+from tandem.shell import devservices
 
 
 def percentile(samples: list[float], q: float) -> float:

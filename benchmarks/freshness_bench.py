@@ -1,4 +1,5 @@
-"""``tandem bench freshness``: time from producing an event to its effect being readable in Redis.
+"""``python -m benchmarks freshness``: time from producing an event to its effect being readable
+in Redis.
 
 The worker runs as its own process (``tandem worker``). Each event is for a user of its own; the
 bench subscribes to Redis keyspace notifications of the users' epoch keys, which the worker bumps
@@ -17,14 +18,14 @@ import uuid
 from dataclasses import dataclass
 
 import orjson
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 
 from benchmarks.common import machine, percentile
-from store.connect import connect
-from store.keys import Keys
-from tandem import topics
-from tandem.kafka import consumer_config, producer_config
-from tandem.settings import Settings
+from tandem.contracts import topics
+from tandem.contracts.kafka import make_consumer, make_producer
+from tandem.contracts.settings import Settings
+from tandem.store.connect import connect
+from tandem.store.keys import Keys
 
 WORKER_READY_TIMEOUT_S = 60
 
@@ -57,7 +58,7 @@ class FreshnessResult:
     def markdown(self) -> str:
         """The RESULTS.md section."""
         rows = [
-            f"## Freshness (`tandem bench freshness`, changelog batch "
+            f"## Freshness (`python -m benchmarks freshness`, changelog batch "
             f"{self.changelog_batch_bytes} B)",
             "",
             f"Machine: {machine()}. Embedded broker, worker in its own process "
@@ -110,10 +111,8 @@ class _Hop:
     def __init__(self, settings: Settings, tag: str) -> None:
         self.seen: dict[str, float] = {}
         self._tag = tag.encode()
-        self._consumer = Consumer(
-            consumer_config(
-                settings, "hop" + uuid.uuid4().hex[:6], **{"auto.offset.reset": "latest"}
-            )
+        self._consumer = make_consumer(
+            settings, "hop" + uuid.uuid4().hex[:6], **{"auto.offset.reset": "latest"}
         )
         self._consumer.subscribe([topics.EVENTS])
         self._stop = threading.Event()
@@ -161,7 +160,7 @@ async def _watch(
 def warm_producer(settings: Settings) -> Producer:
     """An idempotent producer that already holds its producer id (the first send waits for it,
     about half a second on the embedded broker: that is start-up, not freshness)."""
-    producer = Producer(producer_config(settings, bulk=False))
+    producer = make_producer(settings, bulk=False)
     producer.produce(topics.DLQ, key=b"bench-warm-up", value=b"")
     producer.flush(30)
     return producer
@@ -220,7 +219,7 @@ def _start_worker(env: dict[str, str], changelog_batch_bytes: int) -> subprocess
 
 async def _wait_ready(settings: Settings, keys: Keys) -> None:
     redis = connect(settings)
-    producer = Producer(producer_config(settings, bulk=False))
+    producer = make_producer(settings, bulk=False)
     user = "ready" + uuid.uuid4().hex[:6]
     deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
     try:

@@ -1,5 +1,5 @@
-"""``tandem bench publish`` and ``tandem bench materialize``: the version pipeline against bare
-confluent-kafka and bare Redis, measured in the same run."""
+"""``python -m benchmarks publish`` and ``python -m benchmarks materialize``: the version pipeline
+against bare confluent-kafka and bare Redis, measured in the same run."""
 
 from __future__ import annotations
 
@@ -8,19 +8,25 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from confluent_kafka.cimpl import NewTopic
 
-from batch.candidates_io import synthetic_candidates
-from batch.publish import Publisher, partition_of
 from benchmarks.common import machine
-from consumers.materializer import Materializer, MaterializerOptions
-from store.codec import encode
-from store.connect import connect
-from store.keys import Keys
-from store.registry import Registry, State
-from tandem.kafka import admin, consumer_config, create_topics, producer_config
-from tandem.settings import Settings, StorePolicy
+from tandem.batch.candidates_io import synthetic_candidates
+from tandem.batch.publish import Publisher, partition_of
+from tandem.consumers.materializer import Materializer, MaterializerOptions
+from tandem.contracts.codec import encode
+from tandem.contracts.kafka import (
+    admin,
+    create_topics,
+    make_consumer,
+    make_producer,
+)
+from tandem.contracts.settings import Settings, StorePolicy
+from tandem.contracts.versions import State
+from tandem.store.connect import connect
+from tandem.store.keys import Keys
+from tandem.store.registry import Registry
 
 PARTITIONS = 4
 
@@ -38,7 +44,7 @@ class PublishResult:
         """The RESULTS.md section."""
         best = self.publisher_per_s["lz4"]
         rows = [
-            "## Publishing (`tandem bench publish`)",
+            "## Publishing (`python -m benchmarks publish`)",
             "",
             f"Machine: {machine()}. {self.records:,} records of {self.items} items, "
             f"{PARTITIONS} partitions, embedded broker.",
@@ -75,7 +81,7 @@ def _rows(records: int, items: int) -> list[tuple[str, bytes]]:
 def _bare_produce(settings: Settings, rows: list[tuple[str, bytes]]) -> float:
     topic = f"bench.bare.{uuid.uuid4().hex[:8]}"
     create_topics(admin(settings), [NewTopic(topic, PARTITIONS, 1)])
-    producer = Producer(producer_config(settings, bulk=True))
+    producer = make_producer(settings, bulk=True)
     start = time.perf_counter()
     for entity, value in rows:
         while True:
@@ -125,7 +131,7 @@ class MaterializeResult:
         slower = min(self.consume_per_s, self.redis_per_s)
         return "\n".join(
             [
-                "## Materializing (`tandem bench materialize`)",
+                "## Materializing (`python -m benchmarks materialize`)",
                 "",
                 f"Machine: {machine()}. {self.records:,} records of {self.items} items, "
                 f"{PARTITIONS} partitions, embedded broker, Redis on loopback.",
@@ -144,8 +150,8 @@ class MaterializeResult:
 
 
 def _consume_all(settings: Settings, topic: str) -> tuple[float, list[tuple[str, bytes]]]:
-    consumer = Consumer(
-        consumer_config(settings, "bench" + uuid.uuid4().hex[:6], **{"enable.partition.eof": True})
+    consumer = make_consumer(
+        settings, "bench" + uuid.uuid4().hex[:6], **{"enable.partition.eof": True}
     )
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
     rows: list[tuple[bytes | None, bytes | None]] = []

@@ -1,4 +1,5 @@
-"""``tandem bench store``: the store's read and write paths against bare Redis in the same run."""
+"""``python -m benchmarks store``: the store's read and write paths against bare Redis, measured
+in the same run."""
 
 from __future__ import annotations
 
@@ -13,13 +14,13 @@ import orjson
 from redis.asyncio import Redis
 
 from benchmarks.common import machine, percentile
-from store.codec import decode, encode
-from store.connect import connect
-from store.keys import Keys
-from store.lifecycle import Lifecycle
-from store.reader import StoreReader
-from store.writer import VersionWriter
-from tandem.settings import Settings
+from tandem.contracts.codec import decode, encode
+from tandem.contracts.settings import Settings
+from tandem.store.connect import connect
+from tandem.store.keys import Keys
+from tandem.store.lifecycle import Lifecycle
+from tandem.store.online import OnlineReader
+from tandem.store.writer import VersionWriter
 
 ITEMS = 200
 BATCH = 500
@@ -58,14 +59,14 @@ class StoreBenchResult:
         """The RESULTS.md section."""
         return "\n".join(
             [
-                "## Store (`tandem bench store`)",
+                "## Store (`python -m benchmarks store`)",
                 "",
                 f"Machine: {machine()}. {self.entities} entities of {ITEMS} items, "
                 f"{self.reads} sequential reads each way.",
                 "",
                 "| figure | tandem | baseline | ratio | target |",
                 "|---|---|---|---|---|",
-                f"| one-entity read p50 (µs) | {self.store_p50_us:.0f} (store read, decoded) | "
+                f"| one-user read p50 (µs) | {self.store_p50_us:.0f} (the API's read, decoded) | "
                 f"{self.raw_p50_us:.0f} (raw GET) | {self.read_ratio:.2f} | ≤ 1.3 |",
                 f"| one-entity read p99 (µs) | {self.store_p99_us:.0f} | {self.raw_p99_us:.0f} | "
                 f"{self.store_p99_us / self.raw_p99_us:.2f} | |",
@@ -150,7 +151,7 @@ async def run(settings: Settings, entities: int = 20_000, reads: int = 5000) -> 
         writer_per_s, bare_per_s = await _writes(redis, keys, rows)
         await VersionWriter(redis, keys, "u2i", 2, 3600).seal()
         await Lifecycle(redis, keys).promote("u2i", 2, expected=None)
-        reader = StoreReader(redis, keys)
+        reader = OnlineReader(redis, keys)
         base = keys.version_root("u2i", 2)
 
         async def raw_get(entity: str) -> bytes | str | None:
@@ -158,7 +159,7 @@ async def run(settings: Settings, entities: int = 20_000, reads: int = 5000) -> 
             return value
 
         async def store_read(entity: str) -> object:
-            return await reader.read("u2i", entity)
+            return await reader.read(entity, 20, "any", "global")
 
         await _latencies((store_read, raw_get), entities, 500)  # warm up both paths
         store_lat, raw_lat = await _latencies((store_read, raw_get), entities, reads)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tandem.exceptions import TandemError
+from tandem.contracts.exceptions import TandemError
 
 
 class ConsumerError(TandemError):

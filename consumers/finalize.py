@@ -8,15 +8,15 @@ from typing import Any
 from confluent_kafka import Producer
 from redis.asyncio import Redis
 
-from consumers.gates import VersionStats, evaluate, verify
-from consumers.metrics import LIVE_VERSION, VERSIONS
-from store.exceptions import PromoteConflict, StoreError
-from store.keys import Keys
-from store.lifecycle import Lifecycle
-from store.registry import State, VersionInfo
-from store.writer import VersionWriter
-from tandem.announce import announce
-from tandem.settings import Settings
+from tandem.consumers.gates import VersionStats, evaluate, verify
+from tandem.consumers.metrics import LIVE_VERSION, VERSIONS
+from tandem.contracts.settings import Settings
+from tandem.contracts.versions import State, announce
+from tandem.store.admin import VersionAdmin
+from tandem.store.exceptions import PromoteConflict, StoreError
+from tandem.store.keys import Keys
+from tandem.store.registry import VersionInfo
+from tandem.store.writer import VersionWriter
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,8 @@ class Finalizer:
         self._settings = settings
         self._keys = Keys(settings.key_prefix)
         self._announcer = announcer
-        self.lifecycle = Lifecycle(redis, self._keys)
+        self._admin = VersionAdmin(settings, redis, announcer)
+        self.lifecycle = self._admin.lifecycle
         self.registry = self.lifecycle.registry
 
     async def pending(self) -> list[tuple[str, int]]:
@@ -120,12 +121,7 @@ class Finalizer:
     async def _after_promotion(self, store: str, version: int) -> VersionInfo:
         LIVE_VERSION.labels(store).set(version)
         VERSIONS.labels(store, State.LIVE.value).inc()
-        for retired in await self.lifecycle.retire(
-            store, self._settings.policy(store).keep_versions
-        ):
-            retired_info = await self.registry.get(store, retired)
-            if retired_info is not None:
-                self._announce(retired_info)
+        await self._admin.retire(store)
         info = await self.registry.get(store, version)
         if info is None:
             raise StoreError(f"{store} v{version} vanished from the registry after promotion")
@@ -150,7 +146,7 @@ class Finalizer:
             self._announcer,
             info.store,
             info.version,
-            info.state.value,
+            info.state,
             count=info.count,
             checksum=info.checksum,
             reasons=list(info.reasons),

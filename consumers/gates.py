@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from store.progress import PartitionProgress
-from tandem.checksum import combine, to_hex
-from tandem.settings import StorePolicy
+from tandem.contracts.checksum import combine, to_hex
+from tandem.contracts.settings import StorePolicy
+from tandem.store.progress import PartitionProgress
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,15 +12,15 @@ import logging
 import time
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
-from consumers.finalize import Finalizer
-from consumers.records import Record, split
-from consumers.sink import VersionSink
-from store.connect import connect
-from tandem import topics
-from tandem.kafka import consumer_config, producer_config
-from tandem.settings import Settings
+from tandem.consumers.finalize import Finalizer
+from tandem.consumers.records import Record, split
+from tandem.consumers.sink import VersionSink
+from tandem.contracts import topics
+from tandem.contracts.kafka import make_consumer, make_producer
+from tandem.contracts.settings import Settings
+from tandem.store.connect import connect
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +45,13 @@ class Materializer:
         self._settings = settings
         self._options = options
         self._redis = connect(settings)
-        self._producer = Producer(producer_config(settings, bulk=False))
+        self._producer = make_producer(settings, bulk=False)
         self._sink = VersionSink(self._redis, settings, self._producer, source="materializer")
         self._finalizer = Finalizer(self._redis, settings, self._producer)
-        self._consumer = Consumer(
-            consumer_config(
-                settings,
-                options.group,
-                **{"max.partition.fetch.bytes": 8 << 20, "fetch.max.bytes": 64 << 20},
-            )
+        self._consumer = make_consumer(
+            settings,
+            options.group,
+            **{"max.partition.fetch.bytes": 8 << 20, "fetch.max.bytes": 64 << 20},
         )
         self._assigned = False
         self.first_record_at: float | None = None

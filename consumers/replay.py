@@ -11,19 +11,23 @@ from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
     Message,
-    Producer,
     TopicPartition,
 )
 
-from consumers.exceptions import ReplayError
-from consumers.finalize import Finalizer
-from consumers.records import split
-from consumers.sink import VersionSink
-from store.connect import connect
-from store.registry import State, VersionInfo
-from tandem import topics
-from tandem.kafka import admin, consumer_config, producer_config
-from tandem.settings import Settings
+from tandem.consumers.exceptions import ReplayError
+from tandem.consumers.finalize import Finalizer
+from tandem.consumers.records import split
+from tandem.consumers.sink import VersionSink
+from tandem.contracts import topics
+from tandem.contracts.kafka import (
+    admin,
+    make_consumer,
+    make_producer,
+)
+from tandem.contracts.settings import Settings
+from tandem.contracts.versions import State
+from tandem.store.connect import connect
+from tandem.store.registry import VersionInfo
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +56,9 @@ async def replay(
     topic = topics.version_topic(store, version)
     partitions = _partitions(settings, topic)
     redis = connect(settings)
-    producer = Producer(producer_config(settings, bulk=False))
-    consumer = Consumer(
-        consumer_config(
-            settings, f"tandem-replay-{uuid.uuid4().hex[:8]}", **{"enable.partition.eof": True}
-        )
+    producer = make_producer(settings, bulk=False)
+    consumer = make_consumer(
+        settings, f"tandem-replay-{uuid.uuid4().hex[:8]}", **{"enable.partition.eof": True}
     )
     try:
         sink = VersionSink(redis, settings, producer, source="replay")

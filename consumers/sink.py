@@ -12,16 +12,11 @@ from dataclasses import dataclass, field, replace
 from confluent_kafka import Producer
 from redis.asyncio import Redis
 
-from consumers.metrics import RECORDS_APPLIED, RECORDS_DEAD
-from consumers.records import Record
-from store.codec import summarize
-from store.exceptions import CodecError, ProgressConflict
-from store.keys import Keys
-from store.progress import PartitionProgress, RecordStat, record_stat
-from store.registry import Registry, State
-from store.writer import VersionWriter
-from tandem import topics
-from tandem.control import (
+from tandem.consumers.metrics import RECORDS_APPLIED, RECORDS_DEAD
+from tandem.consumers.records import Record
+from tandem.contracts import topics
+from tandem.contracts.codec import summarize
+from tandem.contracts.control import (
     Control,
     EndOfPush,
     StartOfPush,
@@ -29,9 +24,15 @@ from tandem.control import (
     control_kind,
     dlq_headers,
 )
-from tandem.exceptions import ServiceError, ValidationError
-from tandem.ids import check_id
-from tandem.settings import Settings
+from tandem.contracts.exceptions import CodecError, ServiceError, ValidationError
+from tandem.contracts.ids import check_id
+from tandem.contracts.settings import Settings
+from tandem.contracts.versions import State
+from tandem.store.exceptions import ProgressConflict
+from tandem.store.keys import Keys
+from tandem.store.progress import PartitionProgress, RecordStat, record_stat
+from tandem.store.registry import Registry
+from tandem.store.writer import VersionWriter
 
 log = logging.getLogger(__name__)
 

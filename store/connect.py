@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from tandem.settings import Settings
+from tandem.contracts.settings import Settings
 
 
 def connect(settings: Settings, *, timeout_s: float | None = None) -> Redis:

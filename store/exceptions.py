@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from tandem.exceptions import TandemError
+from tandem.contracts.exceptions import TandemError
 
 
 class StoreError(TandemError):
     """Root of the store's errors."""
-
-
-class CodecError(StoreError):
-    """Bytes that are not an encoded candidate list."""
 
 
 class PromoteConflict(StoreError):
@@ -27,10 +23,6 @@ class PromoteConflict(StoreError):
 
 class RollbackRefused(StoreError):
     """There is no backup version to go back to, or it is no longer materialized."""
-
-
-class UnknownVersion(StoreError):
-    """The version is not in the registry."""
 
 
 class ProgressConflict(StoreError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tandem.ids import check_id, check_store, check_version
+from tandem.contracts.ids import check_id, check_store, check_version
 
 
 @dataclass(frozen=True, slots=True)
@@ -13,14 +13,9 @@ class Keys:
 
     prefix: str
 
-    def version_base(self, store: str) -> str:
-        """What precedes the version number in a store's version keys (used by Lua)."""
-        return f"{self.prefix}:{check_store(store)}:v"
-
     def entity(self, store: str, version: int, entity_id: str) -> str:
         """Where one entity's candidate list of one version lives."""
-        check_id(entity_id, "entity_id")
-        return f"{self.version_base(store)}{check_version(version)}:e:{entity_id}"
+        return f"{self.version_root(store, version)}:e:{check_id(entity_id, 'entity_id')}"
 
     def entity_unchecked(self, base: str, entity_id: str) -> str:
         """Hot-path form of :meth:`entity` for ids validated at their entry point."""
@@ -28,7 +23,7 @@ class Keys:
 
     def version_root(self, store: str, version: int) -> str:
         """The part every key of one version starts with."""
-        return f"{self.version_base(store)}{check_version(version)}"
+        return f"{self.prefix}:{check_store(store)}:v{check_version(version)}"
 
     def version_pattern(self, store: str, version: int) -> str:
         """SCAN pattern matching every key of one version."""
@@ -79,5 +74,5 @@ class Keys:
         return self.attachment(store, version, "model")
 
     def cache(self, user_id: str, k: int, device: str) -> str:
-        """Prefix of a cached answer; epochs and versions are appended (by the Lua read)."""
+        """A cached answer, stored behind the tag of the epochs and versions it was made with."""
         return f"{self.prefix}:cache:{user_id}:{k}:{device}"

@@ -6,11 +6,12 @@ import logging
 
 from redis.asyncio import Redis
 
-from store.exceptions import PromoteConflict, RollbackRefused, StoreError
-from store.keys import Keys
-from store.registry import Registry, State
-from store.scripts import PROMOTE, ROLLBACK
-from tandem.ids import check_version
+from tandem.contracts.ids import check_version
+from tandem.contracts.versions import IN_FLIGHT, State
+from tandem.store.exceptions import PromoteConflict, RollbackRefused, StoreError
+from tandem.store.keys import Keys
+from tandem.store.registry import Registry
+from tandem.store.scripts import PROMOTE, ROLLBACK
 
 log = logging.getLogger(__name__)
 
@@ -55,48 +56,57 @@ class Lifecycle:
             self._keys.live(store),
             self._keys.backup(store),
             self._keys.progress(store, version),
+            self._keys.registry(store),
         ]
+        states = {
+            info.version: State.SUPERSEDED
+            for info in await self.registry.list(store)
+            if info.state is State.BACKUP and info.version not in (expected, version)
+        }
+        if expected is not None and expected != version:
+            states[expected] = State.BACKUP
+        states[version] = State.LIVE
+        records = await self.registry.transition(store, states)
         expected_arg = "" if expected is None else str(expected)
-        status, current = await self._promote(keys=keys, args=[expected_arg, str(version)])
+        status, current = await self._promote(
+            keys=keys, args=[expected_arg, str(version), *records]
+        )
         if status == -1:
             raise StoreError(f"{store} v{version} is not materialized in Redis; replay it first")
         previous = _version_or_none(current)
         if status == 0:
             raise PromoteConflict(store, expected, previous)
-        await self._record_promotion(store, version, previous)
         log.info("store %s: v%s is live (previous %s)", store, version, previous)
         return previous
-
-    async def _record_promotion(self, store: str, version: int, previous: int | None) -> None:
-        for info in await self.registry.list(store):
-            if info.state is State.BACKUP and info.version != previous:
-                await self.registry.update(store, info.version, State.SUPERSEDED)
-        if previous is not None and previous != version:
-            await self.registry.update(store, previous, State.BACKUP)
-        await self.registry.update(store, version, State.LIVE)
 
     async def rollback(self, store: str) -> tuple[int | None, int]:
         """Flip back to the backup version; returns ``(rolled back, now live)``."""
         backup = await self.backup(store)
         if backup is None:
             raise RollbackRefused(f"store {store}: there is no backup version to roll back to")
+        live = await self.live(store)
         keys = [
             self._keys.live(store),
             self._keys.backup(store),
             self._keys.progress(store, backup),
+            self._keys.registry(store),
         ]
-        status, current = await self._rollback(keys=keys, args=[str(backup)])
+        states = {backup: State.LIVE}
+        if live is not None and live != backup:
+            states = {live: State.ROLLED_BACK, backup: State.LIVE}
+        records = await self.registry.transition(store, states)
+        live_arg = "" if live is None else str(live)
+        status, current = await self._rollback(keys=keys, args=[str(backup), live_arg, *records])
         if status == -1:
             raise RollbackRefused(
                 f"store {store}: backup v{backup} is no longer materialized in Redis; "
                 f"rebuild it with `tandem replay {store} --version {backup}` first"
             )
         if status == 0:
-            raise RollbackRefused(f"store {store}: the backup changed during rollback; try again")
+            raise RollbackRefused(
+                f"store {store}: the live or backup version changed during rollback; try again"
+            )
         rolled_back = _version_or_none(current)
-        if rolled_back is not None:
-            await self.registry.update(store, rolled_back, State.ROLLED_BACK)
-        await self.registry.update(store, backup, State.LIVE)
         log.warning("store %s: rolled back from v%s to v%s", store, rolled_back, backup)
         return rolled_back, backup
 
@@ -106,7 +116,7 @@ class Lifecycle:
         The live and backup versions, and versions still being written, are never retired.
         """
         live, backup = await self.live(store), await self.backup(store)
-        busy = (State.PUSHED, State.INGESTING, State.RETIRED)
+        busy = {*IN_FLIGHT, State.RETIRED}
         others = [
             info.version
             for info in reversed(await self.registry.list(store))

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 from redis.asyncio import Redis
 
-from store.codec import decode
-from store.keys import Keys
-from store.reader import EMPTY
-from store.scripts import RECOMMEND
+from tandem.contracts.codec import decode
+from tandem.contracts.domain import I2I, POPULAR, U2I
+from tandem.store.exceptions import StoreError
+from tandem.store.keys import Keys
+from tandem.store.scripts import RECOMMEND
 
-U2I, I2I, POPULAR = "u2i", "i2i", "popular"
 TRENDING_TOP = 200
+GLOBAL = "global"
+EMPTY: tuple[list[str], list[float]] = ([], [])
+FRESH, CACHED, VERSIONS_MOVED = 0, 1, 2
+MAX_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +35,7 @@ class RequestData:
     """Everything the first round trip returns."""
 
     cache_key: str
+    cache_tag: bytes
     versions: Versions
     cached: bytes | None = None
     u2i: tuple[list[str], list[float]] = EMPTY
@@ -46,40 +52,35 @@ def _text(raw: bytes | str) -> str:
     return raw.decode() if isinstance(raw, bytes) else raw
 
 
+def _bytes(raw: bytes | str) -> bytes:
+    return raw.encode() if isinstance(raw, str) else raw
+
+
 class OnlineReader:
-    """Reads for one recommendation request. Ids are validated by the API before they get here."""
+    """Reads for one recommendation request. Ids are validated by the API before they get here.
+
+    It remembers the live versions it last saw and names their keys in the read; after a cutover
+    the first read finds other versions live, reads nothing and is retried with their keys.
+    """
 
     def __init__(self, redis: Redis, keys: Keys) -> None:
         self._redis = redis
         self._keys = keys
         self._script = redis.register_script(RECOMMEND)
+        self._expected: tuple[int | None, int | None] = (None, None)  # u2i, popular
 
     async def read(self, user: str, k: int, device: str, segment: str) -> RequestData:
         """Versions, epochs and the cached answer, or the inputs of a fresh answer."""
-        keys = self._keys
-        reply = await self._script(
-            keys=[
-                keys.live(U2I),
-                keys.live(I2I),
-                keys.live(POPULAR),
-                keys.epoch(user),
-                keys.global_epoch(),
-                keys.session(user),
-                keys.trending(segment),
-            ],
-            args=[
-                keys.version_base(U2I),
-                keys.version_base(I2I),
-                keys.version_base(POPULAR),
-                user,
-                segment,
-                keys.cache(user, k, device),
-                TRENDING_TOP,
-            ],
-        )
-        versions = Versions(_int(reply[2]), _int(reply[3]), _int(reply[4]))
-        data = RequestData(_text(reply[1]), versions)
-        if reply[0] == 1:
+        for _ in range(MAX_ATTEMPTS):
+            reply = await self._read_once(user, k, device, segment)
+            versions = Versions(_int(reply[2]), _int(reply[3]), _int(reply[4]))
+            if reply[0] != VERSIONS_MOVED:
+                break
+            self._expected = (versions.u2i, versions.popular)
+        else:
+            raise StoreError("the live versions kept changing during one read; retry")
+        data = RequestData(self._keys.cache(user, k, device), _bytes(reply[1]), versions)
+        if reply[0] == CACHED:
             data.cached = reply[5]
             return data
         data.u2i = EMPTY if reply[5] is None else decode(reply[5])
@@ -88,6 +89,34 @@ class OnlineReader:
         trend = reply[8] or []
         data.trending = {_text(trend[n]): float(trend[n + 1]) for n in range(0, len(trend), 2)}
         return data
+
+    async def _read_once(self, user: str, k: int, device: str, segment: str) -> list[Any]:
+        keys = self._keys
+        u2i, popular = self._expected
+        # Where a store has no live version there is no entity key: its live pointer stands in
+        # (the script reads no entity of a store whose expected version is none).
+        reply: list[Any] = await self._script(
+            keys=[
+                keys.live(U2I),
+                keys.live(I2I),
+                keys.live(POPULAR),
+                keys.epoch(user),
+                keys.global_epoch(),
+                keys.cache(user, k, device),
+                keys.session(user),
+                keys.trending(segment),
+                keys.live(U2I) if u2i is None else keys.entity(U2I, u2i, user),
+                keys.live(POPULAR) if popular is None else keys.entity(POPULAR, popular, segment),
+                keys.live(POPULAR) if popular is None else keys.entity(POPULAR, popular, GLOBAL),
+            ],
+            args=[
+                "" if u2i is None else str(u2i),
+                "" if popular is None else str(popular),
+                "1" if segment != GLOBAL else "0",
+                TRENDING_TOP,
+            ],
+        )
+        return reply
 
     async def similar(
         self, version: int, items: list[str]
@@ -105,9 +134,9 @@ class OnlineReader:
         )
         return (model if isinstance(model, bytes) else None), parse_categories(categories)
 
-    async def store_answer(self, cache_key: str, body: bytes, ttl_s: int) -> None:
-        """Cache an answer under the key the first read derived."""
-        await self._redis.set(cache_key, body, ex=ttl_s)
+    async def store_answer(self, data: RequestData, body: bytes, ttl_s: int) -> None:
+        """Cache an answer behind the tag of the epochs and versions it was computed with."""
+        await self._redis.set(data.cache_key, data.cache_tag + body, ex=ttl_s)
 
 
 def parse_categories(raw: bytes | str | None) -> dict[str, str]:

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, replace
 
 import orjson
 
-from tandem.checksum import combine, from_hex, record_digest, to_hex
+from tandem.contracts.checksum import combine, from_hex, record_digest, to_hex
 
 
 @dataclass(frozen=True, slots=True)

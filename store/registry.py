@@ -4,28 +4,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field, replace
-from enum import StrEnum
 from typing import Any
 
 import orjson
 from redis.asyncio import Redis
 
-from store.keys import Keys
-from tandem.ids import check_version
-
-
-class State(StrEnum):
-    """Where a version is in its lifecycle."""
-
-    PUSHED = "pushed"
-    INGESTING = "ingesting"
-    INGESTED = "ingested"
-    LIVE = "live"
-    BACKUP = "backup"
-    SUPERSEDED = "superseded"
-    REJECTED = "rejected"
-    ROLLED_BACK = "rolled_back"
-    RETIRED = "retired"
+from tandem.contracts.ids import check_version
+from tandem.contracts.versions import State
+from tandem.store.keys import Keys
 
 
 def now_ms() -> int:
@@ -80,6 +66,16 @@ class Registry:
     async def put(self, info: VersionInfo) -> None:
         """Create or replace a version's record."""
         await self._redis.hset(self._keys.registry(info.store), str(info.version), info.to_json())
+
+    async def transition(self, store: str, states: dict[int, State]) -> list[str]:
+        """Registry fields and records that move each version to its state: the arguments of a
+        script that writes them in the same atomic step as a pointer flip."""
+        args: list[str] = []
+        for version, state in states.items():
+            info = await self.get(store, version) or VersionInfo(store, version, state)
+            info = replace(info, state=state, updated_ms=now_ms())
+            args += [str(version), info.to_json().decode()]
+        return args
 
     async def list(self, store: str) -> list[VersionInfo]:
         """Every recorded version of ``store``, oldest first."""

@@ -18,7 +18,9 @@ redis.call('EXPIRE', KEYS[1], ttl)
 return {1, cur}
 """
 
-# KEYS: live, backup, progress of the new version   ARGV: expected live ('' = none), new version
+# KEYS: live, backup, progress of the new version, registry
+# ARGV: expected live ('' = none), new version, then registry field/record pairs
+# The pointer flip and the registry records of every version it changes, in one atomic step.
 PROMOTE = """
 if redis.call('EXISTS', KEYS[3]) == 0 then return {-1, ''} end
 local cur = redis.call('GET', KEYS[1]) or ''
@@ -27,54 +29,54 @@ if cur ~= '' and cur ~= ARGV[2] then
   redis.call('SET', KEYS[2], cur)
 end
 redis.call('SET', KEYS[1], ARGV[2])
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1]) end
 return {1, cur}
 """
 
-# KEYS: live, backup, progress of the backup version   ARGV: expected backup
+# KEYS: live, backup, progress of the backup version, registry
+# ARGV: expected backup, expected live, then registry field/record pairs
 ROLLBACK = """
 local backup = redis.call('GET', KEYS[2]) or ''
 if backup == '' or backup ~= ARGV[1] then return {0, backup} end
 if redis.call('EXISTS', KEYS[3]) == 0 then return {-1, backup} end
 local cur = redis.call('GET', KEYS[1]) or ''
+if cur ~= ARGV[2] then return {0, cur} end
 redis.call('SET', KEYS[1], backup)
 redis.call('DEL', KEYS[2])
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1]) end
 return {1, cur}
 """
 
-# KEYS: live   ARGV: version base, entity ids...
-# Returns the live version followed by one value (or false) per entity.
-READ_LIVE = """
-local v = redis.call('GET', KEYS[1])
-if not v then return {false} end
-local base = ARGV[1] .. v .. ':e:'
-local keys = {}
-for i = 2, #ARGV do keys[i - 1] = base .. ARGV[i] end
-local out = redis.call('MGET', unpack(keys))
-table.insert(out, 1, v)
-return out
-"""
-
-# KEYS: live u2i, live i2i, live popular, user epoch, global epoch, session, trending set
-# ARGV: u2i base, i2i base, popular base, user, segment, cache prefix, trending count
-# One round trip for a recommendation: versions, epochs, the cached answer if any; otherwise the
-# user's candidates, session, the segment's popular list and the trending top items.
+# KEYS: live u2i, live i2i, live popular, user epoch, global epoch, cached answer, session,
+#       trending set, u2i entity (of the expected u2i version), popular entity of the segment and
+#       the global popular entity (of the expected popular version)
+# ARGV: expected u2i version, expected popular version ('' = none), whether the segment is not
+#       global ('1'/'0'), trending count
+# One round trip for a recommendation. The cached answer is stored behind a tag made of the epochs
+# and versions it was computed with, so an event or a cutover makes it unreachable at once. The
+# caller names the entity keys of the versions it expects to be live; when another version is
+# live, nothing is read and the versions are returned, so the caller retries with their keys and
+# an answer never mixes two versions.
 RECOMMEND = """
 local vu = redis.call('GET', KEYS[1]) or ''
 local vi = redis.call('GET', KEYS[2]) or ''
 local vp = redis.call('GET', KEYS[3]) or ''
 local eu = redis.call('GET', KEYS[4]) or '0'
 local eg = redis.call('GET', KEYS[5]) or '0'
-local ck = ARGV[6] .. ':' .. eu .. ':' .. eg .. ':' .. vu .. ':' .. vi .. ':' .. vp
-local cached = redis.call('GET', ck)
-if cached then return {1, ck, vu, vi, vp, cached} end
+local tag = eu .. ':' .. eg .. ':' .. vu .. ':' .. vi .. ':' .. vp .. '|'
+local cached = redis.call('GET', KEYS[6])
+if cached and string.sub(cached, 1, #tag) == tag then
+  return {1, tag, vu, vi, vp, string.sub(cached, #tag + 1)}
+end
+if vu ~= ARGV[1] or vp ~= ARGV[2] then return {2, tag, vu, vi, vp} end
 local cands = false
-if vu ~= '' then cands = redis.call('GET', ARGV[1] .. vu .. ':e:' .. ARGV[4]) end
+if vu ~= '' then cands = redis.call('GET', KEYS[9]) end
 local pop = false
 if vp ~= '' then
-  pop = redis.call('GET', ARGV[3] .. vp .. ':e:' .. ARGV[5])
-  if not pop and ARGV[5] ~= 'global' then pop = redis.call('GET', ARGV[3] .. vp .. ':e:global') end
+  pop = redis.call('GET', KEYS[10])
+  if not pop and ARGV[3] == '1' then pop = redis.call('GET', KEYS[11]) end
 end
-local sess = redis.call('GET', KEYS[6])
-local trend = redis.call('ZREVRANGE', KEYS[7], 0, tonumber(ARGV[7]) - 1, 'WITHSCORES')
-return {0, ck, vu, vi, vp, cands, sess, pop, trend}
+local sess = redis.call('GET', KEYS[7])
+local trend = redis.call('ZREVRANGE', KEYS[8], 0, tonumber(ARGV[4]) - 1, 'WITHSCORES')
+return {0, tag, vu, vi, vp, cands, sess, pop, trend}
 """

@@ -6,12 +6,12 @@ from dataclasses import replace
 
 from redis.asyncio import Redis
 
-from store.codec import summarize
-from store.exceptions import ProgressConflict
-from store.keys import Keys
-from store.progress import PartitionProgress, record_stat
-from store.scripts import APPLY_BATCH
-from tandem.ids import check_id
+from tandem.contracts.codec import summarize
+from tandem.contracts.ids import check_id
+from tandem.store.exceptions import ProgressConflict
+from tandem.store.keys import Keys
+from tandem.store.progress import PartitionProgress, record_stat
+from tandem.store.scripts import APPLY_BATCH
 
 
 class VersionWriter:

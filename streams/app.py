@@ -6,29 +6,26 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import faust
-import orjson
 from faust.types import EventT, StreamT
 from redis.asyncio import Redis
 
-from store.connect import connect
-from store.keys import Keys
-from streams import metrics
-from streams.mirror import RedisMirror
-from streams.session import SessionPolicy, SessionState, update
-from streams.transport import TandemApp
-from streams.trending import TrendingCounts
-from tandem import topics
-from tandem.control import dlq_headers
-from tandem.exceptions import ValidationError
-from tandem.schemas import Event, decode_event
-from tandem.settings import Settings
+from tandem.contracts import topics
+from tandem.contracts.control import dlq_headers
+from tandem.contracts.exceptions import ValidationError
+from tandem.contracts.schemas import Event, decode_event
+from tandem.contracts.session import SessionPolicy, SessionState, update
+from tandem.contracts.settings import Settings
+from tandem.contracts.versions import State, VersionRecord
+from tandem.store.connect import connect
+from tandem.store.keys import Keys
+from tandem.streams import metrics
+from tandem.streams.mirror import RedisMirror
+from tandem.streams.transport import TandemApp
+from tandem.streams.trending import TrendingCounts
 
 log = logging.getLogger(__name__)
-
-CUTOVER_STATES = frozenset({"live"})
 
 
 @dataclass(frozen=True)
@@ -42,7 +39,7 @@ class WorkerOptions:
     trending_flush_s: float = 2.0
     categories_refresh_s: float = 60.0
     store_url: str = "memory://"
-    changelog_batch_bytes: int = 1
+    changelog_batch_bytes: int | None = None  # None: chosen by the broker kind
 
 
 def changelog_topic(options: WorkerOptions) -> str:
@@ -82,7 +79,7 @@ class StreamWorker:
             # watermark from ListOffsets; the embedded broker reports the last *batch's* base
             # offset + 1 there, so the tail of a multi-record batch would not be recovered.
             # On Apache Kafka this only costs producer throughput.
-            producer_max_batch_size=options.changelog_batch_bytes,
+            producer_max_batch_size=options.changelog_batch_bytes or 1,
             consumer_auto_offset_reset="earliest",
             web_enabled=False,
         )
@@ -197,17 +194,15 @@ class StreamWorker:
     async def _on_versions(self, stream: StreamT[bytes]) -> None:
         async for value in stream:
             try:
-                body: dict[str, Any] = orjson.loads(value)
-            except orjson.JSONDecodeError:
+                record = VersionRecord.decode(value)
+            except ValidationError as e:
+                log.warning("skipping an unreadable record on %s: %s", topics.VERSIONS, e)
                 continue
-            if body.get("state") in CUTOVER_STATES:
+            if record.state is State.LIVE:
                 epoch = await self.mirror.bump_global_epoch()
                 metrics.EPOCH_BUMPS.inc()
                 log.info(
-                    "cutover of %s v%s: global epoch now %d",
-                    body.get("store"),
-                    body.get("version"),
-                    epoch,
+                    "cutover of %s v%s: global epoch now %d", record.store, record.version, epoch
                 )
 
     async def close(self) -> None:

@@ -6,9 +6,9 @@ from collections import Counter
 
 from redis.asyncio import Redis
 
-from store.keys import Keys
-from store.online import live_categories
-from streams.trending import WINDOW_MS
+from tandem.store.keys import Keys
+from tandem.store.online import live_categories
+from tandem.streams.trending import WINDOW_MS
 
 EPOCH_TTL_S = 2 * 86400
 TRENDING_WINDOWS = 5

@@ -9,23 +9,25 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import orjson
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, Message
 
-from tandem import topics
-from tandem.exceptions import ServiceError, ValidationError
-from tandem.kafka import producer_config
-from tandem.schemas import DEVICES, Event, parse_event
-from tandem.settings import Settings
+from tandem.contracts import topics
+from tandem.contracts.domain import DEVICES, EventType
+from tandem.contracts.exceptions import ValidationError
+from tandem.contracts.kafka import make_producer
+from tandem.contracts.schemas import Event, parse_event
+from tandem.contracts.settings import Settings
+from tandem.streams.exceptions import EventsNotAcknowledged
 
 log = logging.getLogger(__name__)
 
 FUNNEL = (
-    ("view", 0.70),
-    ("click", 0.17),
-    ("add_to_cart", 0.06),
-    ("like", 0.03),
-    ("purchase", 0.03),
-    ("dislike", 0.01),
+    (EventType.VIEW, 0.70),
+    (EventType.CLICK, 0.17),
+    (EventType.ADD_TO_CART, 0.06),
+    (EventType.LIKE, 0.03),
+    (EventType.PURCHASE, 0.03),
+    (EventType.DISLIKE, 0.01),
 )
 
 
@@ -67,7 +69,7 @@ class EventProducer:
     """An idempotent producer keyed by user id, so one user's events stay in order."""
 
     def __init__(self, settings: Settings) -> None:
-        self._producer = Producer(producer_config(settings, bulk=False))
+        self._producer = make_producer(settings, bulk=False)
         self.failed: list[str] = []
         self.delivered = 0
 
@@ -96,7 +98,7 @@ class EventProducer:
         """Wait for every queued event; raise if any was not acknowledged."""
         left = self._producer.flush(timeout_s)
         if left or self.failed:
-            raise ServiceError(
+            raise EventsNotAcknowledged(
                 f"{left} event(s) unacknowledged, {len(self.failed)} failed: {self.failed[:3]}"
             )
 

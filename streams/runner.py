@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 from confluent_kafka.cimpl import NewTopic
 from faust.contrib.asgi import faust_app_running
 
-from streams.app import StreamWorker, WorkerOptions, changelog_topic
-from tandem.kafka import admin, create_topics, ensure_base_topics
-from tandem.settings import Settings
+from tandem.contracts.kafka import admin, create_topics, ensure_base_topics
+from tandem.contracts.settings import Settings
+from tandem.streams.app import StreamWorker, WorkerOptions, changelog_topic
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from tandem.schemas import Event
+from tandem.contracts.schemas import Event
 
 WINDOW_MS = 60_000
 GLOBAL = "global"

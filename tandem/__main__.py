@@ -1,5 +1,5 @@
 """``python -m tandem`` is the ``tandem`` command."""
 
-from tandem.cli import main
+from tandem.shell.cli import main
 
 main()

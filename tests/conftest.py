@@ -1,7 +1,9 @@
-"""Session-scoped real services: a Tansu broker and a redis-server on free ports.
+"""Session-scoped real services: a broker (Apache Kafka by default) and a redis-server, on free
+ports, started once for the whole run.
 
-Set TANDEM_TEST_KAFKA and TANDEM_TEST_REDIS_URL to run the suite against services of your own
-(Apache Kafka from docker/compose.yaml, say) instead.
+``TANDEM_TEST_BROKER`` chooses the broker: ``kafka`` (Apache Kafka, fetched with Maven), ``tansu``
+(the embedded fallback), or ``auto`` (the default: Kafka where Java 17+ and Maven exist). Set
+``TANDEM_TEST_KAFKA`` and ``TANDEM_TEST_REDIS_URL`` to run against services of your own instead.
 """
 
 from __future__ import annotations
@@ -15,22 +17,37 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from store.connect import connect
-from store.keys import Keys
-from tandem import devservices
-from tandem.kafka import ensure_base_topics
-from tandem.settings import Settings
+from tandem.contracts.kafka import ensure_base_topics
+from tandem.contracts.settings import Settings
+from tandem.shell import devservices
+from tandem.store.connect import connect
+from tandem.store.keys import Keys
 
 
 @dataclass(frozen=True)
 class Services:
-    """Where the session's broker and Redis listen, and how to stop them."""
+    """Where the session's broker and Redis listen."""
 
     kafka: str
     redis_url: str
-    redis_pid: int | None
-    broker_pid: int | None
+    broker_kind: str
     state_dir: Path
+
+
+def broker_kind() -> str:
+    """The broker kind this run uses (``kafka`` or ``tansu``)."""
+    return devservices.choose_broker(os.environ.get("TANDEM_TEST_BROKER", "auto"))
+
+
+def pytest_report_header() -> str:
+    if os.environ.get("TANDEM_TEST_KAFKA"):
+        return f"broker: yours, at {os.environ['TANDEM_TEST_KAFKA']}"
+    kind = broker_kind()
+    if kind == "kafka":
+        from tandem.shell import kafka_broker
+
+        return f"broker: Apache Kafka {kafka_broker.KAFKA_VERSION} (KRaft, started by the tests)"
+    return f"broker: Tansu {devservices.TANSU_VERSION} (TANDEM_TEST_BROKER=tansu or no Java)"
 
 
 @pytest.fixture(scope="session")
@@ -39,26 +56,15 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     state_dir = tmp_path_factory.mktemp("services")
     kafka = os.environ.get("TANDEM_TEST_KAFKA")
     redis_url = os.environ.get("TANDEM_TEST_REDIS_URL")
-    started = []
-    if kafka is None:
-        broker = devservices.start_broker(devservices.free_port(), state_dir)
-        started.append(broker.pid)
-        kafka = f"127.0.0.1:{broker.port}"
-    if redis_url is None:
-        redis = devservices.start_redis(devservices.free_port(), state_dir)
-        started.append(redis.pid)
-        redis_url = f"redis://127.0.0.1:{redis.port}/0"
-    base = Settings.load(kafka=kafka, redis_url=redis_url)
-    ensure_base_topics(base)
-    yield Services(
-        kafka,
-        redis_url,
-        redis_pid=started[-1] if len(started) > 1 else None,
-        broker_pid=started[0] if started else None,
-        state_dir=state_dir,
-    )
-    for pid in started:
-        devservices.stop(pid)
+    if kafka is not None and redis_url is not None:
+        ensure_base_topics(Settings.load(kafka=kafka, redis_url=redis_url))
+        yield Services(kafka, redis_url, "yours", state_dir)
+        return
+    kind = broker_kind()
+    with devservices.private_services(state_dir, broker=kind, kafka=kafka is None) as started:
+        yield Services(
+            kafka or started.kafka, redis_url or started.redis_url, started.broker_kind, state_dir
+        )
 
 
 @pytest.fixture

@@ -2,53 +2,73 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 
-import orjson
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    KafkaError,
+    Message,
+    TopicPartition,
+)
 
-from tandem import topics
-from tandem.control import DLQ_OFFSET, DLQ_REASON, DLQ_TOPIC
-from tandem.kafka import consumer_config
-from tandem.settings import Settings
-from tandem.waiting import wait_for
+from tandem.contracts import topics
+from tandem.contracts.control import DLQ_OFFSET, DLQ_REASON, DLQ_TOPIC
+from tandem.contracts.kafka import make_consumer, make_producer
+from tandem.contracts.settings import Settings
+from tandem.contracts.waiting import wait_for
+from tandem.store.admin import Served, VersionAdmin
+from tandem.store.connect import connect
 
-__all__ = ["env_of", "read_dlq", "wait_for"]
+__all__ = ["read_dlq", "read_messages", "read_topic", "served", "wait_for"]
 
 
-def read_dlq(settings: Settings, source_topic: str) -> list[tuple[bytes, bytes, bytes]]:
-    """(key, reason, offset) of every dead letter that came from ``source_topic``."""
-    consumer = Consumer(
-        consumer_config(settings, "dlq" + uuid.uuid4().hex[:6], **{"enable.partition.eof": True})
+def read_messages(settings: Settings, topic: str) -> list[Message]:
+    """Every message of every partition of ``topic``, read to its end (bounded)."""
+    consumer = make_consumer(
+        settings, "read" + uuid.uuid4().hex[:6], **{"enable.partition.eof": True}
     )
-    consumer.assign([TopicPartition(topics.DLQ, 0, 0)])
-    found = []
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+    found: list[Message] = []
+    ended: set[int] = set()
     try:
-        while True:
+        while len(ended) < len(partitions):
             msg = consumer.poll(5)
-            assert msg is not None, "tandem.dlq did not reach its end"
-            if msg.error():
-                break
-            headers = dict(msg.headers() or [])
-            if headers.get(DLQ_TOPIC) == source_topic.encode():
-                reason, offset = headers[DLQ_REASON], headers[DLQ_OFFSET]
-                assert isinstance(reason, bytes)
-                assert isinstance(offset, bytes)
-                found.append((msg.key() or b"", reason, offset))
+            assert msg is not None, f"{topic} did not reach its end"
+            error = msg.error()
+            if error is not None:
+                assert error.code() == KafkaError._PARTITION_EOF, error
+                ended.add(msg.partition() or 0)
+                continue
+            found.append(msg)
     finally:
         consumer.close()
     return found
 
 
-def env_of(settings: Settings) -> dict[str, str]:
-    """The environment that gives a child ``tandem`` process these settings."""
-    stores = {name: policy.model_dump() for name, policy in settings.stores.items()}
-    return {
-        **os.environ,
-        "TANDEM_KAFKA": settings.kafka,
-        "TANDEM_REDIS_URL": settings.redis_url.get_secret_value(),
-        "TANDEM_KEY_PREFIX": settings.key_prefix,
-        "TANDEM_STORES": orjson.dumps(stores).decode(),
-        "TANDEM_EVENTS_PARTITIONS": str(settings.events_partitions),
-    }
+def read_topic(settings: Settings, topic: str) -> list[tuple[bytes, bytes]]:
+    """(key, value) of every record of ``topic``."""
+    return [(m.key() or b"", m.value() or b"") for m in read_messages(settings, topic)]
+
+
+def read_dlq(settings: Settings, source_topic: str) -> list[tuple[bytes, bytes, bytes]]:
+    """(key, reason, offset) of every dead letter that came from ``source_topic``."""
+    found = []
+    for msg in read_messages(settings, topics.DLQ):
+        headers = dict(msg.headers() or [])
+        if headers.get(DLQ_TOPIC) == source_topic.encode():
+            reason, offset = headers[DLQ_REASON], headers[DLQ_OFFSET]
+            assert isinstance(reason, bytes)
+            assert isinstance(offset, bytes)
+            found.append((msg.key() or b"", reason, offset))
+    return found
+
+
+async def served(settings: Settings, store: str, entity_id: str) -> Served:
+    """What the live version of ``store`` serves for ``entity_id`` (the operator's lookup)."""
+    redis = connect(settings)
+    try:
+        admin = VersionAdmin(settings, redis, make_producer(settings, bulk=False))
+        return await admin.lookup(store, entity_id)
+    finally:
+        await redis.aclose()

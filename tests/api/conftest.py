@@ -10,12 +10,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
-from api.app import create_app
-from store.codec import encode
-from store.keys import Keys
-from store.lifecycle import Lifecycle
-from store.writer import VersionWriter
-from tandem.settings import Settings
+from tandem.api.app import create_app
+from tandem.contracts.codec import encode
+from tandem.contracts.settings import Settings
+from tandem.store.keys import Keys
+from tandem.store.lifecycle import Lifecycle
+from tandem.store.writer import VersionWriter
 
 
 @pytest.fixture

@@ -13,15 +13,17 @@ import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import TopicPartition
 from redis.asyncio import Redis
 
-from api.app import create_app
-from store.keys import Keys
-from tandem import devservices, topics
-from tandem.kafka import consumer_config, ensure_base_topics
-from tandem.settings import Settings
+from tandem.api.app import create_app
+from tandem.contracts import topics
+from tandem.contracts.kafka import make_consumer
+from tandem.contracts.settings import Settings
+from tandem.shell import devservices
+from tandem.store.keys import Keys
 from tests.api.conftest import put_version
+from tests.conftest import Services
 
 pytestmark = pytest.mark.integration
 
@@ -36,9 +38,7 @@ async def call(client: Client, method: str, path: str, **kwargs: Any) -> tuple[i
 
 def events_for(settings: Settings, user: str) -> list[dict[str, Any]]:
     """Every event of ``user`` on tandem.events (read to the end of each partition)."""
-    consumer = Consumer(
-        consumer_config(settings, "t" + uuid.uuid4().hex[:6], **{"enable.partition.eof": True})
-    )
+    consumer = make_consumer(settings, "t" + uuid.uuid4().hex[:6], **{"enable.partition.eof": True})
     consumer.assign(
         [TopicPartition(topics.EVENTS, p, 0) for p in range(settings.events_partitions)]
     )
@@ -132,29 +132,32 @@ async def test_health_metrics_and_openapi(client: Client, redis: Redis, keys: Ke
 
 
 @pytest.fixture
-def own_services(tmp_path: Path, settings: Settings) -> Iterator[tuple[Settings, int, int]]:
-    """A broker and a Redis of this test's own, so it can stop them."""
-    broker = devservices.start_broker(devservices.free_port(), tmp_path)
-    redis = devservices.start_redis(devservices.free_port(), tmp_path)
-    own = Settings.load(
-        kafka=f"127.0.0.1:{broker.port}",
-        redis_url=f"redis://127.0.0.1:{redis.port}/0",
-        key_prefix=settings.key_prefix,
-        api_deadline_ms=100,
-        api_redis_timeout_ms=50,
-    )
-    ensure_base_topics(own)
-    yield own, broker.pid, redis.pid
-    devservices.stop(broker.pid)
-    devservices.stop(redis.pid)
+def own_services(
+    tmp_path: Path, settings: Settings, services: Services
+) -> Iterator[tuple[Settings, devservices.PrivateServices]]:
+    """A broker (of the session's kind) and a Redis of this test's own, so it can stop them."""
+    kind = "tansu" if services.broker_kind == "tansu" else "auto"
+    with devservices.private_services(tmp_path, broker=kind) as own:
+        yield (
+            Settings.load(
+                kafka=own.kafka,
+                redis_url=own.redis_url,
+                key_prefix=settings.key_prefix,
+                api_deadline_ms=100,
+                api_redis_timeout_ms=50,
+            ),
+            own,
+        )
 
 
-async def test_broker_stopped_gives_503(own_services: tuple[Settings, int, int]) -> None:
-    own, broker_pid, _ = own_services
+async def test_broker_stopped_gives_503(
+    own_services: tuple[Settings, devservices.PrivateServices],
+) -> None:
+    own, owned = own_services
     async with TestClient(TestServer(create_app(own))) as client:
         event = {"user_id": "u1", "item_id": "i1", "event_type": "view"}
         assert (await client.post("/v1/events", data=orjson.dumps(event))).status == 202
-        devservices.stop(broker_pid)
+        owned.stop_broker()
         started = time.perf_counter()
         status, body = await call(client, "POST", "/v1/events", data=orjson.dumps([event] * 3))
         assert status == 503
@@ -162,8 +165,10 @@ async def test_broker_stopped_gives_503(own_services: tuple[Settings, int, int])
         assert time.perf_counter() - started < 10
 
 
-async def test_redis_stopped_degrades_in_time(own_services: tuple[Settings, int, int]) -> None:
-    own, _, redis_pid = own_services
+async def test_redis_stopped_degrades_in_time(
+    own_services: tuple[Settings, devservices.PrivateServices],
+) -> None:
+    own, owned = own_services
     keys = Keys(own.key_prefix)
     redis = Redis.from_url(own.redis_url.get_secret_value())
     await put_version(redis, keys, "popular", 1, {"global": [("p1", 0.9), ("p2", 0.8)]})
@@ -171,7 +176,7 @@ async def test_redis_stopped_degrades_in_time(own_services: tuple[Settings, int,
     async with TestClient(TestServer(create_app(own))) as client:
         fresh_status, _ = await call(client, "GET", "/v1/recommendations/someone")
         assert fresh_status == 200
-        devservices.stop(redis_pid)
+        owned.stop_redis()
         for user in ("someone", "else"):
             started = time.perf_counter()
             status, body = await call(client, "GET", f"/v1/recommendations/{user}?k=2")

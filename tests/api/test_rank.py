@@ -5,8 +5,8 @@ from __future__ import annotations
 import lightgbm as lgb
 import numpy as np
 
-from api.reranker import HeuristicReranker, LightGBMReranker, load_reranker
-from tandem.features import (
+from tandem.api.reranker import HeuristicReranker, LightGBMReranker, load_reranker
+from tandem.contracts.features import (
     FEATURES,
     FROM_I2I,
     FROM_POPULAR,
@@ -15,7 +15,7 @@ from tandem.features import (
     Context,
     build_features,
 )
-from tandem.ranking import SessionView, merge
+from tandem.contracts.ranking import SessionView, merge
 
 NOW = 1_790_000_000_000
 

@@ -8,17 +8,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from api.service import _session
-from batch.data import load
-from batch.evaluate import hit_rate_at, map_at, ndcg_at, recall_at
-from batch.exceptions import InputError
-from batch.pipeline import BatchOutput, run
-from batch.synth import SynthSpec, generate, write
-from store.codec import encode
-from streams.session import SessionPolicy, update
-from tandem.checksum import combine, record_digest
-from tandem.features import Candidate, Context, build_features
-from tandem.schemas import Event
+from tandem.api.service import _session
+from tandem.batch.data import load
+from tandem.batch.evaluate import hit_rate_at, map_at, ndcg_at, recall_at
+from tandem.batch.exceptions import InputError
+from tandem.batch.pipeline import BatchOutput, run
+from tandem.batch.synth import SynthSpec, generate, write
+from tandem.contracts.checksum import combine, record_digest
+from tandem.contracts.codec import encode
+from tandem.contracts.features import Candidate, Context, build_features
+from tandem.contracts.schemas import Event
+from tandem.contracts.session import SessionPolicy, update
 
 SMALL = SynthSpec(users=300, items=200, days=10, events_per_user=30, seed=3)
 

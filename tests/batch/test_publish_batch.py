@@ -9,14 +9,15 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
-from api.app import create_app
-from batch.cli import publish_output
-from batch.pipeline import run
-from batch.synth import SynthSpec, write
-from consumers.replay import replay
-from store.keys import Keys
-from store.registry import Registry, State
-from tandem.settings import Settings
+from tandem.api.app import create_app
+from tandem.batch.pipeline import run
+from tandem.batch.publish import publish_output
+from tandem.batch.synth import SynthSpec, write
+from tandem.consumers.replay import replay
+from tandem.contracts.settings import Settings
+from tandem.contracts.versions import State
+from tandem.store.keys import Keys
+from tandem.store.registry import Registry
 
 pytestmark = pytest.mark.integration
 

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from consumers.materializer import Materializer, MaterializerOptions
-from tandem.settings import Settings, StorePolicy
+from tandem.consumers.materializer import Materializer, MaterializerOptions
+from tandem.contracts.settings import Settings, StorePolicy
 
 
 @pytest.fixture

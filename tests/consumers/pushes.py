@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from confluent_kafka import Producer
 from confluent_kafka.cimpl import NewTopic
 
-from batch.publish import allocate_version
-from store.codec import encode
-from tandem import topics
-from tandem.checksum import combine, record_digest
-from tandem.control import Control, EndOfPush, StartOfPush, control_headers, record_headers
-from tandem.kafka import admin, create_topics, producer_config
-from tandem.settings import Settings
+from tandem.batch.publish import allocate_version
+from tandem.contracts import topics
+from tandem.contracts.checksum import combine, record_digest
+from tandem.contracts.codec import encode
+from tandem.contracts.control import (
+    Control,
+    EndOfPush,
+    StartOfPush,
+    control_headers,
+    record_headers,
+)
+from tandem.contracts.kafka import admin, create_topics, make_producer
+from tandem.contracts.settings import Settings
 
 
 def raw_push(
@@ -29,7 +34,7 @@ def raw_push(
     version = allocate_version()
     topic = topics.version_topic(store, version)
     create_topics(admin(settings), [NewTopic(topic, 1, 1)])
-    producer = Producer(producer_config(settings, bulk=True))
+    producer = make_producer(settings, bulk=True)
     start = StartOfPush(1, 0, {}).encode()
     producer.produce(
         topic,

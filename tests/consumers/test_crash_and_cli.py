@@ -13,13 +13,15 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from batch.candidates_io import synthetic_candidates
-from batch.publish import Publisher
-from store.keys import Keys
-from store.registry import Registry, State
-from store.writer import VersionWriter
-from tandem.settings import Settings
-from tests.helpers import env_of, wait_for
+from tandem.batch.candidates_io import synthetic_candidates
+from tandem.batch.publish import Publisher
+from tandem.contracts.settings import Settings
+from tandem.contracts.versions import State
+from tandem.shell.processes import environment
+from tandem.store.keys import Keys
+from tandem.store.registry import Registry
+from tandem.store.writer import VersionWriter
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +31,7 @@ def tandem(
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "tandem", *args],
-        env=env_of(settings),
+        env=environment(settings),
         capture_output=True,
         text=True,
         timeout=timeout_s,
@@ -55,7 +57,7 @@ async def test_sigkill_midway_loses_nothing_counts_nothing_twice(
         "materialize",
         "--batch-size",
         "50",
-        env=env_of(store_settings),
+        env=environment(store_settings),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from consumers.gates import VersionStats, evaluate, verify
-from consumers.records import Record
-from consumers.sink import plan_batch
-from store.codec import encode
-from store.progress import PartitionProgress
-from tandem.checksum import combine, record_digest
-from tandem.control import (
+from tandem.consumers.gates import VersionStats, evaluate, verify
+from tandem.consumers.records import Record
+from tandem.consumers.sink import plan_batch
+from tandem.contracts.checksum import combine, record_digest
+from tandem.contracts.codec import encode
+from tandem.contracts.control import (
     Control,
     EndOfPush,
     Headers,
@@ -18,7 +17,8 @@ from tandem.control import (
     control_headers,
     record_headers,
 )
-from tandem.settings import StorePolicy
+from tandem.contracts.settings import StorePolicy
+from tandem.store.progress import PartitionProgress
 
 POLICY = StorePolicy(min_coverage=0.9, max_empty_share=0.1, metric_tolerance=0.05)
 

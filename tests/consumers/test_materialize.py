@@ -5,19 +5,19 @@ from __future__ import annotations
 import pytest
 from redis.asyncio import Redis
 
-from batch.candidates_io import synthetic_candidates
-from batch.exceptions import PushError
-from batch.publish import Publisher
-from store.keys import Keys
-from store.lifecycle import Lifecycle
-from store.reader import StoreReader
-from store.registry import Registry, State, VersionInfo
-from tandem import topics
-from tandem.schemas import CandidateList
-from tandem.settings import Settings
+from tandem.batch.candidates_io import synthetic_candidates
+from tandem.batch.exceptions import PushError
+from tandem.batch.publish import Publisher
+from tandem.contracts import topics
+from tandem.contracts.schemas import CandidateList
+from tandem.contracts.settings import Settings
+from tandem.contracts.versions import State
+from tandem.store.keys import Keys
+from tandem.store.lifecycle import Lifecycle
+from tandem.store.registry import Registry, VersionInfo
 from tests.consumers.conftest import materializing
 from tests.consumers.pushes import good_records, raw_push
-from tests.helpers import read_dlq, wait_for
+from tests.helpers import read_dlq, served, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +52,7 @@ async def test_publish_materialize_live(
     assert info.metadata == {"metrics": {"ndcg@10": 0.3}}
     assert await redis.get(keys.model(store, push.version)) == b"tree text"
     assert 0 < await redis.ttl(keys.attachment(store, push.version, "categories")) <= 3600
-    got = await StoreReader(redis, keys).read(store, "u7")
+    got = await served(store_settings, store, "u7")
     expected = next(row for row in synthetic_candidates(500, 30, seed=1) if row.entity_id == "u7")
     assert got.version == push.version
     assert got.item_ids == expected.item_ids
@@ -128,7 +128,7 @@ async def test_undecodable_record_goes_to_dlq_and_rejects_version(
 async def test_replay_after_keys_deleted(
     store_settings: Settings, store: str, redis: Redis, keys: Keys
 ) -> None:
-    from consumers.replay import replay
+    from tandem.consumers.replay import replay
 
     with Publisher(store_settings) as publisher:
         push = publisher.publish(store, synthetic_candidates(300, 10, seed=4))
@@ -136,14 +136,14 @@ async def test_replay_after_keys_deleted(
         original = await decided(redis, keys, store, push.version)
     assert original.state is State.LIVE
     await redis.flushdb()
-    assert (await StoreReader(redis, keys).read(store, "u1")).version is None
+    assert (await served(store_settings, store, "u1")).version is None
     rebuilt = await replay(store_settings, store, push.version, cutover=False)
     assert rebuilt.checksum == original.checksum
     assert rebuilt.count == 300
     assert await Lifecycle(redis, keys).live(store) is None
-    served = await replay(store_settings, store, push.version, cutover=True)
-    assert served.state is State.LIVE
-    assert served.checksum == original.checksum
-    got = await StoreReader(redis, keys).read(store, "u1")
+    live = await replay(store_settings, store, push.version, cutover=True)
+    assert live.state is State.LIVE
+    assert live.checksum == original.checksum
+    got = await served(store_settings, store, "u1")
     assert got.version == push.version
     assert len(got.item_ids) == 10

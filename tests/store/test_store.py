@@ -8,13 +8,13 @@ import random
 import pytest
 from redis.asyncio import Redis
 
-from store.codec import encode
-from store.exceptions import PromoteConflict, RollbackRefused, StoreError
-from store.keys import Keys
-from store.lifecycle import Lifecycle
-from store.reader import StoreReader
-from store.registry import State
-from store.writer import VersionWriter
+from tandem.contracts.codec import encode
+from tandem.contracts.versions import State
+from tandem.store.exceptions import PromoteConflict, RollbackRefused, StoreError
+from tandem.store.keys import Keys
+from tandem.store.lifecycle import Lifecycle
+from tandem.store.online import OnlineReader
+from tandem.store.writer import VersionWriter
 
 pytestmark = pytest.mark.integration
 
@@ -47,16 +47,16 @@ async def write_version(
 
 async def test_write_promote_read(redis: Redis, keys: Keys) -> None:
     lifecycle = Lifecycle(redis, keys)
-    reader = StoreReader(redis, keys)
+    reader = OnlineReader(redis, keys)
     await write_version(redis, keys, 1)
-    assert (await reader.read("u2i", "u1")).version is None
+    assert (await reader.read("u1", 10, "any", "global")).versions.u2i is None
     assert await lifecycle.promote("u2i", 1, expected=None) is None
-    got = await reader.read("u2i", "u3")
-    assert got.version == 1
-    assert got.item_ids[0] == "v1-i0"
-    assert got.scores[0] == pytest.approx(1.0)
-    missing = await reader.read("u2i", "nobody")
-    assert (missing.version, missing.item_ids) == (1, [])
+    got = await reader.read("u3", 10, "any", "global")
+    assert got.versions.u2i == 1
+    assert got.u2i[0][0] == "v1-i0"
+    assert got.u2i[1][0] == pytest.approx(1.0)
+    missing = await reader.read("nobody", 10, "any", "global")
+    assert (missing.versions.u2i, missing.u2i) == (1, ([], []))
     info = await lifecycle.registry.get("u2i", 1)
     assert info is not None
     assert info.state is State.LIVE
@@ -128,7 +128,7 @@ async def test_rollback_and_its_refusals(redis: Redis, keys: Keys) -> None:
 
 async def test_reads_never_mix_versions_during_cutover(redis: Redis, keys: Keys) -> None:
     lifecycle = Lifecycle(redis, keys)
-    reader = StoreReader(redis, keys)
+    reader = OnlineReader(redis, keys)
     await write_version(redis, keys, 1, n=30)
     await write_version(redis, keys, 2, n=30)
     await lifecycle.promote("u2i", 1, expected=None)
@@ -139,12 +139,11 @@ async def test_reads_never_mix_versions_during_cutover(redis: Redis, keys: Keys)
     async def read_forever() -> None:
         nonlocal reads
         while not stop.is_set():
-            version, found = await reader.read_many("u2i", [f"u{e}" for e in range(30)])
+            data = await reader.read(f"u{reads % 30}", 10, "any", "global")
+            version = data.versions.u2i
             assert version is not None
             seen.add(version)
-            for item_ids, _ in found.values():
-                assert {i.split("-")[0] for i in item_ids} == {f"v{version}"}
-            assert len(found) == 30
+            assert {i.split("-")[0] for i in data.u2i[0]} == {f"v{version}"}
             reads += 1
 
     async def flip() -> None:

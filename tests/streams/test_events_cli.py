@@ -10,8 +10,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tandem.settings import Settings
-from tests.helpers import env_of
+from tandem.contracts.settings import Settings
+from tandem.shell.processes import environment
 
 pytestmark = pytest.mark.integration
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 def produce(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "tandem", "events", "produce", *args],
-        env=env_of(settings),
+        env=environment(settings),
         capture_output=True,
         text=True,
         timeout=60,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from streams.session import SessionPolicy, SessionState, update
-from streams.trending import TrendingCounts, window_of
-from tandem.schemas import Event
+from tandem.contracts.schemas import Event
+from tandem.contracts.session import SessionPolicy, SessionState, update
+from tandem.streams.trending import TrendingCounts, window_of
 
 POLICY = SessionPolicy(gap_ms=30 * 60_000, max_items=3, half_life_ms=10 * 60_000)
 T0 = 1_790_000_000_000

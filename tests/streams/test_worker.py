@@ -11,20 +11,21 @@ import time
 import uuid
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import TopicPartition
 from redis.asyncio import Redis
 
-from store.keys import Keys
-from streams.app import WorkerOptions
-from streams.produce import EventProducer
-from streams.runner import running
-from streams.session import SessionPolicy, SessionState
-from tandem import topics
-from tandem.announce import announce
-from tandem.kafka import producer_config
-from tandem.schemas import Event
-from tandem.settings import Settings
-from tests.helpers import env_of, read_dlq, wait_for
+from tandem.contracts import topics
+from tandem.contracts.kafka import make_consumer, make_producer
+from tandem.contracts.schemas import Event
+from tandem.contracts.session import SessionPolicy, SessionState
+from tandem.contracts.settings import Settings
+from tandem.contracts.versions import State, VersionRecord, announce
+from tandem.shell.processes import environment
+from tandem.store.keys import Keys
+from tandem.streams.app import WorkerOptions, changelog_topic
+from tandem.streams.produce import EventProducer
+from tandem.streams.runner import running
+from tests.helpers import read_dlq, read_topic, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -51,6 +52,26 @@ def send(settings: Settings, *events: Event) -> None:
     for event in events:
         producer.send(event)
     producer.flush()
+
+
+def in_changelog(settings: Settings, options: WorkerOptions, user: str, items: int) -> bool:
+    """Whether the worker's changelog holds a session of ``user`` with ``items`` items."""
+    for key, value in read_topic(settings, changelog_topic(options)):
+        if key == user.encode() and len(SessionState.decode(value).items) == items:
+            return True
+    return False
+
+
+def events_committed(settings: Settings, options: WorkerOptions) -> bool:
+    """Whether the worker's group committed every offset of every partition of events."""
+    parts = [TopicPartition(topics.EVENTS, p) for p in range(settings.events_partitions)]
+    consumer = make_consumer(settings, options.app_id)
+    try:
+        committed = consumer.committed(parts, timeout=5)
+        highs = [consumer.get_watermark_offsets(tp, timeout=5)[1] for tp in parts]
+    finally:
+        consumer.close()
+    return all(c.offset >= high for c, high in zip(committed, highs, strict=True))
 
 
 async def items_are(redis: Redis, keys: Keys, user: str, items: list[str]) -> SessionState | None:
@@ -84,11 +105,37 @@ async def test_events_reach_session_epoch_and_sessions_expire(
         assert fresh.counts == {"view": 1}
 
 
+async def test_a_redelivered_event_counts_once(
+    settings: Settings, options: WorkerOptions, redis: Redis, keys: Keys
+) -> None:
+    user, item, t0 = new_user(), "r" + uuid.uuid4().hex[:8], now_ms()
+    first = Event(user, item, "click", t0, "e1", context={"category": "shoes"})
+    second = Event(user, item + "b", "click", t0 + 1, "e2", context={"category": "shoes"})
+    async with running(settings, options):
+        send(settings, first, second, first)  # the third is a re-delivery of the first
+        await wait_for(lambda: items_are(redis, keys, user, [item, item + "b"]), 20, "a session")
+        epoch = int(await redis.get(keys.epoch(user)) or 0)
+        send(settings, Event(user, item + "c", "view", t0 + 2, "e3"))
+        state = await wait_for(
+            lambda: items_are(redis, keys, user, [item, item + "b", item + "c"]), 20, "e3"
+        )
+
+        async def trended() -> float | None:
+            score: float | None = await redis.zscore(keys.trending("global"), item + "c")
+            return score
+
+        await wait_for(trended, 20, "the trending flush")
+    assert state.affinity == {"shoes": pytest.approx(4.0, rel=1e-3)}
+    assert state.counts == {"click": 2, "view": 1}
+    assert int(await redis.get(keys.epoch(user)) or 0) > epoch > 0  # each write bumps it
+    assert await redis.zscore(keys.trending("global"), item) == 1
+
+
 async def test_malformed_event_goes_to_dlq_and_the_next_is_processed(
     settings: Settings, options: WorkerOptions, redis: Redis, keys: Keys
 ) -> None:
     user = new_user()
-    producer = Producer(producer_config(settings, bulk=False))
+    producer = make_producer(settings, bulk=False)
     producer.produce(
         topics.EVENTS,
         key=user.encode(),
@@ -133,17 +180,21 @@ async def test_cutover_bumps_the_global_epoch(
     async with running(settings, options):
         send(settings, Event(user, "i1", "view", now_ms(), "c1"))
         await wait_for(lambda: items_are(redis, keys, user, ["i1"]), 20, "the worker to run")
-        await asyncio.sleep(0.5)
-        before = int(await redis.get(keys.global_epoch()) or 0)
-        producer = Producer(producer_config(settings, bulk=False))
-        announce(producer, "u2i", 7, "live")
+        producer = make_producer(settings, bulk=False)
+        announce(producer, "u2i", 7, State.LIVE)
         assert producer.flush(10) == 0
+        # This test's key prefix is new, so its global epoch counts every cutover record the
+        # worker has read: all of those on the topic, this one included.
+        cutovers = sum(
+            VersionRecord.decode(value).state is State.LIVE
+            for _, value in read_topic(settings, topics.VERSIONS)
+        )
 
         async def bumped() -> int | None:
             value = int(await redis.get(keys.global_epoch()) or 0)
-            return value if value > before else None
+            return value if value == cutovers else None
 
-        await wait_for(bumped, 20, "the global epoch bump")
+        await wait_for(bumped, 20, f"the global epoch to count {cutovers} cutovers")
 
 
 async def test_killed_worker_recovers_sessions_from_the_changelog(
@@ -161,7 +212,7 @@ async def test_killed_worker_recovers_sessions_from_the_changelog(
             "--session-gap-s",
             "120",
         ],
-        env=env_of(settings),
+        env=environment(settings),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -170,7 +221,18 @@ async def test_killed_worker_recovers_sessions_from_the_changelog(
             settings, Event(user, "i1", "view", t0, "k1"), Event(user, "i2", "click", t0 + 1, "k2")
         )
         await wait_for(lambda: items_are(redis, keys, user, ["i1", "i2"]), 40, "the first worker")
-        await asyncio.sleep(1.5)  # let the changelog and the offset commit go out
+        # Recovery must come from the changelog: wait until the session is in it and the
+        # events' offsets are committed, so the next worker does not read the events again.
+        await wait_for(
+            lambda: asyncio.to_thread(in_changelog, settings, options, user, 2),
+            40,
+            "the session in the changelog",
+        )
+        await wait_for(
+            lambda: asyncio.to_thread(events_committed, settings, options),
+            40,
+            "the events' offsets to be committed",
+        )
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import urllib.request
 
-import consumers.metrics  # noqa: F401 - registers the materializer's metrics
-from tandem import devservices
-from tandem.clictx import serve_metrics
+import tandem.consumers.metrics  # noqa: F401 - registers the materializer's metrics
+from tandem.shell import devservices
+from tandem.shell.clictx import serve_metrics
 
 
 def test_serve_metrics_exposes_the_registry() -> None:

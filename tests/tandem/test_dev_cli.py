@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import orjson
 import pytest
 
-from tandem import devservices
+from tandem.shell import devservices
+from tests.conftest import broker_kind
 
 pytestmark = pytest.mark.integration
 
@@ -33,15 +35,27 @@ def test_dev_up_status_down_twice(tmp_path: Path) -> None:
         "TANDEM_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
         "TANDEM_STATE_DIR": str(tmp_path / "state"),
     }
+    kind = broker_kind()
     for _ in range(2):
-        up = tandem(env, "dev", "up")
+        up = tandem(env, "dev", "up", "--broker", kind)
         assert up.returncode == 0, up.stderr
         assert "started by tandem" in up.stdout
-        again = tandem(env, "dev", "up")
+        again = tandem(env, "dev", "up", "--broker", kind)
         assert again.returncode == 0, again.stderr
         status = tandem(env, "dev", "status")
         assert status.returncode == 0, status.stderr
         assert status.stdout.count(" up ") == 2
+        document = orjson.loads(tandem(env, "dev", "status", "--json").stdout)
+        assert document["broker"]["kind"] == kind
+        assert document["broker"]["nodes"] == 1
+        assert document["broker"]["bootstrap"] == f"127.0.0.1:{kafka_port}"
+        if kind == "kafka":
+            assert document["broker"]["version"].startswith("4.")
+        assert document["redis"] == {
+            "mode": "standalone",
+            "url": f"redis://127.0.0.1:{redis_port}/0",
+            "up": True,
+        }
         assert devservices.redis_answers("127.0.0.1", redis_port)
         down = tandem(env, "dev", "down")
         assert down.returncode == 0, down.stderr

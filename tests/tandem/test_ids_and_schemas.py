@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from tandem.exceptions import ValidationError
-from tandem.ids import check_id, check_store, check_version
-from tandem.schemas import decode_event, parse_candidates, parse_event, parse_ts_ms
-from tandem.topics import parse_version_topic, version_topic
+from tandem.contracts.exceptions import ValidationError
+from tandem.contracts.ids import check_id, check_store, check_version
+from tandem.contracts.schemas import decode_event, parse_candidates, parse_event, parse_ts_ms
+from tandem.contracts.topics import parse_version_topic, version_topic
 
 NOW_MS = 1_790_000_000_000
 

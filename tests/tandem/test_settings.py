@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tandem.exceptions import ConfigError
-from tandem.settings import Settings, redact_url
+from tandem.contracts.exceptions import ConfigError
+from tandem.contracts.settings import Settings, redact_url
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:

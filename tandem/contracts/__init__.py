@@ -1,0 +1,3 @@
+"""The contracts every tandem package shares: settings, ids, wire formats and their codecs,
+topic names, lifecycle states, event types, devices, features. They import no other tandem
+package."""

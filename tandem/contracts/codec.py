@@ -1,0 +1,80 @@
+"""The encoding of a candidate list, on Kafka and in Redis.
+
+Layout (little endian): format byte ``1``, u32 item count, u32 length of the ids blob, the ids
+joined by NUL (ids never contain NUL), then one float32 score per item. Measured against orjson
+on 200-item lists (``tandem bench store``): decodes faster and is half the size.
+"""
+
+from __future__ import annotations
+
+import struct
+from array import array
+
+import numpy as np
+
+from tandem.contracts.exceptions import CodecError
+
+FORMAT = 1
+_HEADER = struct.Struct("<BII")
+_SEP = "\x00"
+
+
+def encode(item_ids: list[str], scores: list[float]) -> bytes:
+    """Pack ids (validated elsewhere) and scores into the stored form."""
+    if len(item_ids) != len(scores):
+        raise CodecError(f"{len(item_ids)} item ids but {len(scores)} scores")
+    blob = _SEP.join(item_ids).encode()
+    return _HEADER.pack(FORMAT, len(item_ids), len(blob)) + blob + array("f", scores).tobytes()
+
+
+def decode(data: bytes) -> tuple[list[str], list[float]]:
+    """Unpack the stored form into ``(item_ids, scores)``."""
+    if len(data) < _HEADER.size:
+        raise CodecError(f"{len(data)} bytes is shorter than the {_HEADER.size}-byte header")
+    fmt, count, blob_len = _HEADER.unpack_from(data)
+    if fmt != FORMAT:
+        raise CodecError(f"unknown format byte {fmt}")
+    scores_at = _HEADER.size + blob_len
+    if len(data) != scores_at + 4 * count:
+        raise CodecError(f"{len(data)} bytes do not hold {count} items and {blob_len} id bytes")
+    if count == 0:
+        return [], []
+    try:
+        item_ids = data[_HEADER.size : scores_at].decode().split(_SEP)
+    except UnicodeDecodeError as e:
+        raise CodecError(f"item ids are not UTF-8: {e}") from e
+    if len(item_ids) != count:
+        raise CodecError(f"header says {count} items, the ids blob holds {len(item_ids)}")
+    scores = array("f")
+    scores.frombytes(data[scores_at:])
+    return item_ids, scores.tolist()
+
+
+def summarize(data: bytes) -> tuple[int, bool]:
+    """``(item count, all scores finite)`` of an encoded list, checking its structure."""
+    if len(data) < _HEADER.size:
+        raise CodecError(f"{len(data)} bytes is shorter than the {_HEADER.size}-byte header")
+    fmt, count, blob_len = _HEADER.unpack_from(data)
+    if fmt != FORMAT:
+        raise CodecError(f"unknown format byte {fmt}")
+    scores_at = _HEADER.size + blob_len
+    if len(data) != scores_at + 4 * count:
+        raise CodecError(f"{len(data)} bytes do not hold {count} items and {blob_len} id bytes")
+    blob = data[_HEADER.size : scores_at]
+    ids_in_blob = blob.count(b"\x00") + 1 if blob else 0
+    if ids_in_blob != count:
+        raise CodecError(f"header says {count} items, the ids blob disagrees")
+    try:
+        blob.decode()
+    except UnicodeDecodeError as e:
+        raise CodecError(f"item ids are not UTF-8: {e}") from e
+    return count, _all_finite(data, scores_at)
+
+
+def _all_finite(data: bytes, scores_at: int) -> bool:
+    # A non-finite float32 has all exponent bits set, so its high byte is 0x7F or 0xFF. Scanning
+    # the high bytes is much cheaper than numpy per list; numpy decides only when one matches.
+    high = data[scores_at + 3 :: 4]
+    if not (high.count(0x7F) or high.count(0xFF)):
+        return True
+    return bool(np.isfinite(np.frombuffer(data, dtype="<f4", offset=scores_at)).all())

@@ -1,0 +1,72 @@
+"""Merging candidate sources: pure code shared by serving (api/) and training (batch/)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from tandem.contracts.domain import EXCLUDED_EVENTS
+from tandem.contracts.features import FROM_I2I, FROM_POPULAR, FROM_U2I, Candidate
+
+MAX_CANDIDATES = 400
+SESSION_SEEDS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class SessionView:
+    """What ranking needs of a session."""
+
+    recent_items: list[tuple[str, str, int]]  # (item, event type, ts_ms), oldest first
+    affinity: dict[str, float]
+    events: int
+
+    @property
+    def excluded(self) -> set[str]:
+        """Items not to recommend again (bought or disliked in this session)."""
+        return {item for item, kind, _ in self.recent_items if kind in EXCLUDED_EVENTS}
+
+    def seeds(self) -> list[tuple[str, int]]:
+        """The newest distinct session items (item, ts_ms) whose similar items are candidates."""
+        found: dict[str, int] = {}
+        for item, kind, ts in reversed(self.recent_items):
+            if kind not in EXCLUDED_EVENTS and item not in found:
+                found[item] = ts
+            if len(found) == SESSION_SEEDS:
+                break
+        return list(found.items())
+
+
+NO_SESSION = SessionView([], {}, 0)
+
+
+def merge(
+    u2i: tuple[list[str], list[float]],
+    i2i: Iterable[tuple[int, tuple[list[str], list[float]]]],
+    popular: tuple[list[str], list[float]],
+    excluded: set[str],
+    want: int,
+) -> list[Candidate]:
+    """One list of distinct candidates: user candidates first, then items similar to the
+    session's items (``(related_ms, list)`` pairs), then popular items as the fallback, only
+    while there are fewer than ``want``."""
+    merged: dict[str, Candidate] = {}
+
+    def add(
+        ids: Sequence[str], scores: Sequence[float], source: int, related_ms: int, limit: int
+    ) -> None:
+        for rank, item in enumerate(ids):
+            found = merged.get(item)
+            if found is not None:
+                found.sources |= source
+                found.related_ms = max(found.related_ms, related_ms)
+            elif item not in excluded:
+                if len(merged) >= limit:
+                    return
+                merged[item] = Candidate(item, scores[rank], rank, source, related_ms)
+
+    add(*u2i, FROM_U2I, 0, MAX_CANDIDATES)
+    for related_ms, (ids, scores) in i2i:
+        add(ids, scores, FROM_I2I, related_ms, MAX_CANDIDATES)
+    if len(merged) < want:
+        add(*popular, FROM_POPULAR, 0, want)
+    return list(merged.values())

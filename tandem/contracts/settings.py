@@ -1,0 +1,116 @@
+"""The one settings object of a tandem process, read from ``TANDEM_*`` environment variables."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tandem.contracts.domain import I2I, POPULAR, U2I
+from tandem.contracts.exceptions import ConfigError, ValidationError
+from tandem.contracts.ids import check_store
+
+ENV_PREFIX = "TANDEM_"
+_PREFIX_RE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+
+
+class StorePolicy(BaseModel):
+    """How one store's versions live in Redis and which gates a new version must pass."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ttl_s: int = Field(default=3 * 86400, ge=60, le=90 * 86400)
+    keep_versions: int = Field(default=2, ge=1, le=20)
+    min_coverage: float = Field(default=0.9, ge=0.0, le=10.0)
+    max_empty_share: float = Field(default=0.05, ge=0.0, le=1.0)
+    metric_tolerance: float = Field(default=0.02, ge=0.0, le=1.0)
+
+
+def _default_stores() -> dict[str, StorePolicy]:
+    return {
+        U2I: StorePolicy(ttl_s=3 * 86400),
+        I2I: StorePolicy(ttl_s=7 * 86400),
+        POPULAR: StorePolicy(ttl_s=2 * 86400, min_coverage=0.5),
+    }
+
+
+class Settings(BaseSettings):
+    """Every setting of a tandem process. Read it once, in an entry point, with :meth:`load`."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
+
+    kafka: str = "127.0.0.1:9092"
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    key_prefix: str = "tandem"
+    partitions: int = Field(default=4, ge=1, le=256)
+    events_partitions: int = Field(default=4, ge=1, le=256)
+    replication_factor: int = Field(default=1, ge=1, le=5)
+    stores: dict[str, StorePolicy] = Field(default_factory=_default_stores)
+    max_record_bytes: int = Field(default=900_000, ge=1024, le=8_000_000)
+    redis_timeout_s: float = Field(default=2.0, gt=0, le=60)
+    state_dir: Path = Path(".state")
+    admin_token: SecretStr | None = None
+    api_deadline_ms: int = Field(default=50, ge=5, le=10_000)
+    api_cache_ttl_s: int = Field(default=60, ge=5, le=3600)
+    api_redis_timeout_ms: int = Field(default=30, ge=1, le=10_000)
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if _PREFIX_RE.fullmatch(value) is None:
+            raise ValueError("must be 1-32 characters of A-Z a-z 0-9 _ . -")
+        return value
+
+    @field_validator("stores")
+    @classmethod
+    def _check_stores(cls, value: dict[str, StorePolicy]) -> dict[str, StorePolicy]:
+        for name in value:
+            try:
+                check_store(name, "stores")
+            except ValidationError as e:
+                raise ValueError(f"store name {name!r}: {e.rule}") from e
+        return value
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Settings:
+        """Read the environment, apply non-None ``overrides``; fail naming the variable."""
+        given = {key: value for key, value in overrides.items() if value is not None}
+        try:
+            return cls(**given)
+        except pydantic.ValidationError as e:
+            problems = []
+            for err in e.errors():
+                name = ENV_PREFIX + str(err["loc"][0]).upper() if err["loc"] else ENV_PREFIX
+                problems.append(f"{name}: {err['msg']}")
+            raise ConfigError("invalid settings: " + "; ".join(problems)) from e
+
+    def policy(self, store: str) -> StorePolicy:
+        """The policy of a configured store; unknown stores are refused with what to do."""
+        check_store(store)
+        try:
+            return self.stores[store]
+        except KeyError:
+            known = ", ".join(sorted(self.stores))
+            raise ConfigError(
+                f"unknown store {store!r} (configured: {known}); add it to {ENV_PREFIX}STORES, "
+                'for example {"' + store + '": {"ttl_s": 86400}}'
+            ) from None
+
+    def redis_url_redacted(self) -> str:
+        """The Redis URL with any password masked, for logs and status output."""
+        return redact_url(self.redis_url.get_secret_value())
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))

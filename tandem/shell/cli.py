@@ -1,0 +1,179 @@
+"""The ``tandem`` command line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import click
+
+from tandem.contracts.exceptions import ConfigError, TandemError
+from tandem.shell.batch_commands import batch, data, publish
+from tandem.shell.clictx import settings_of
+from tandem.shell.store_commands import materialize, replay, versions
+from tandem.shell.stream_commands import events, worker
+
+log = logging.getLogger(__name__)
+
+
+class TandemGroup(click.Group):
+    """Turns tandem errors into one clear line and a non-zero exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        except TandemError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=TandemGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--kafka", help="Kafka bootstrap servers [env TANDEM_KAFKA; 127.0.0.1:9092]")
+@click.option("--redis-url", help="Redis URL [env TANDEM_REDIS_URL; redis://127.0.0.1:6379/0]")
+@click.option("--prefix", "key_prefix", help="Redis key prefix [env TANDEM_KEY_PREFIX; tandem]")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.version_option(package_name="tandem")
+@click.pass_context
+def main(
+    ctx: click.Context,
+    kafka: str | None,
+    redis_url: str | None,
+    key_prefix: str | None,
+    verbose: int,
+) -> None:
+    """tandem: two-stage recommendation serving.
+
+    Batch predictions are published as versions on Kafka, materialized into Redis, validated
+    and flipped live atomically; the online API re-ranks them with fresh session context.
+    """
+    level = logging.WARNING - 10 * min(verbose + 1, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        from tandem.contracts.settings import Settings
+
+        ctx.obj = Settings.load(kafka=kafka, redis_url=redis_url, key_prefix=key_prefix)
+    except ConfigError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+
+
+@main.group("dev")
+def dev_group() -> None:
+    """Development services: Apache Kafka or Tansu, and redis-server or a Redis Cluster."""
+
+
+@dev_group.command("up")
+@click.option(
+    "--broker",
+    type=click.Choice(["auto", "kafka", "tansu"]),
+    default="auto",
+    show_default=True,
+    help="Apache Kafka (fetched with Maven; needs Java 17+), the embedded Tansu, or Kafka where "
+    "Java is there.",
+)
+@click.option(
+    "--brokers",
+    type=click.IntRange(1, 5),
+    default=1,
+    show_default=True,
+    help="Kafka nodes (KRaft, each broker and controller); 3 gives replicated topics.",
+)
+@click.option(
+    "--redis-cluster",
+    is_flag=True,
+    help="A six-node Redis Cluster (3 masters, 3 replicas) instead of one redis-server.",
+)
+@click.pass_context
+def dev_up(ctx: click.Context, broker: str, brokers: int, redis_cluster: bool) -> None:
+    """Start the broker and Redis unless they already answer; create tandem's topics."""
+    from tandem.shell import dev
+
+    for service in dev.up(settings_of(ctx), broker, brokers, redis_cluster):
+        click.echo(service.describe())
+
+
+@dev_group.command("status")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of lines.")
+@click.pass_context
+def dev_status(ctx: click.Context, as_json: bool) -> None:
+    """Report whether the broker and Redis answer. Exit code 1 if either is down."""
+    from tandem.shell import dev
+
+    services = dev.status(settings_of(ctx))
+    if as_json:
+        import orjson
+
+        document = dev.status_document(settings_of(ctx))
+        click.echo(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
+    else:
+        for service in services:
+            click.echo(service.describe())
+    if not all(s.answering for s in services):
+        sys.exit(1)
+
+
+@dev_group.command("down")
+@click.pass_context
+def dev_down(ctx: click.Context) -> None:
+    """Stop what `tandem dev up` started (nothing else)."""
+    from tandem.shell import dev
+
+    stopped = dev.down(settings_of(ctx))
+    click.echo("stopped: " + (", ".join(stopped) if stopped else "nothing (tandem started none)"))
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="API processes sharing the port (SO_REUSEPORT).",
+)
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int, workers: int) -> None:
+    """Run the recommendation API (see /openapi.json for its endpoints)."""
+    from tandem.api.server import serve as run  # the entry point is the one place that starts api/
+
+    run(settings_of(ctx), host, port, workers)
+
+
+@main.command()
+@click.option(
+    "--users",
+    default=2000,
+    show_default=True,
+    type=click.IntRange(50, 10**6),
+    help="Users in the synthetic data set.",
+)
+@click.option(
+    "--items",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(50, 10**6),
+    help="Items in the synthetic data set.",
+)
+@click.option(
+    "--broker",
+    type=click.Choice(["auto", "kafka", "tansu"]),
+    default="auto",
+    show_default=True,
+    help="Apache Kafka (needs Java 17+ and Maven), Tansu, or Kafka where Java is there.",
+)
+@click.option("--keep", is_flag=True, help="Leave the broker and Redis running at the end.")
+@click.pass_context
+def demo(ctx: click.Context, users: int, items: int, broker: str, keep: bool) -> None:
+    """The whole system end to end on a private broker and Redis, as an operator runs it."""
+    from tandem.shell.demo import run  # an entry point: it starts every package
+
+    run(users, items, broker, keep, settings_of(ctx).state_dir)
+
+
+for _command in (batch, data, events, materialize, publish, replay, versions, worker):
+    main.add_command(_command)
