@@ -41,8 +41,11 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# The whole suite on one redis-server, then the Redis paths again on a six-node Redis Cluster.
 pytest: install services-prereq
 	$(BIN)/pytest
+	TANDEM_TEST_REDIS=cluster $(BIN)/pytest tests/store tests/consumers tests/streams tests/api \
+	  --ignore=tests/store/test_cluster.py
 
 test: lint pytest
 

@@ -189,7 +189,8 @@ def run(settings: Settings, users: int, seconds: float) -> ApiResult:
     asyncio.run(_seed(settings, users))
     url = settings.redis_url.get_secret_value()
     bare_port, api_port = devservices.free_port(), devservices.free_port()
-    root = Keys(settings.key_prefix).version_root("u2i", 1) + ":e:"
+    keys = Keys(settings.key_prefix)
+    template = keys.entity_unchecked(keys.version_root("u2i", 1), "%s")
     env = {
         **os.environ,
         "TANDEM_KAFKA": settings.kafka,
@@ -199,7 +200,7 @@ def run(settings: Settings, users: int, seconds: float) -> ApiResult:
     }
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.bare_server", str(bare_port), url, root], env=env
+            [sys.executable, "-m", "benchmarks.bare_server", str(bare_port), url, template], env=env
         ),
         subprocess.Popen(
             [sys.executable, "-m", "tandem", "serve", "--port", str(api_port)],

@@ -1,7 +1,7 @@
 """The baseline of ``python -m benchmarks api``: an aiohttp handler doing one Redis GET of the
 same bytes.
 
-Run as ``python -m benchmarks.bare_server PORT REDIS_URL PREFIX``.
+Run as ``python -m benchmarks.bare_server PORT REDIS_URL KEY_TEMPLATE`` (``%s`` is the user).
 """
 
 from __future__ import annotations
@@ -14,18 +14,18 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 REDIS = web.AppKey("redis", Redis)
-PREFIX = web.AppKey("prefix", str)
+TEMPLATE = web.AppKey("template", str)
 
 
 async def bare(request: web.Request) -> web.Response:
     """GET /bare/{user}: the stored bytes of the user's candidate list, as they are."""
-    value = await request.app[REDIS].get(request.app[PREFIX] + request.match_info["user"])
+    value = await request.app[REDIS].get(request.app[TEMPLATE] % request.match_info["user"])
     return web.Response(body=value or b"", content_type="application/octet-stream")
 
 
 def main() -> None:
     """Serve until terminated."""
-    port, url, prefix = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    port, url, template = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 
     async def clients(app: web.Application) -> AsyncIterator[None]:
         app[REDIS] = Redis.from_url(url)
@@ -33,7 +33,7 @@ def main() -> None:
         await app[REDIS].aclose()
 
     app = web.Application()
-    app[PREFIX] = prefix
+    app[TEMPLATE] = template
     app.cleanup_ctx.append(clients)
     app.router.add_get("/bare/{user}", bare)
     uvloop.install()

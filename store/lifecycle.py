@@ -134,15 +134,23 @@ class Lifecycle:
         return retired
 
     async def drop(self, store: str, version: int) -> int:
-        """Unlink every key of one version, scanning in chunks so Redis never blocks."""
+        """Unlink every key of one version, scanning in chunks so Redis never blocks (on a
+        cluster the scan visits every master)."""
         deleted = 0
-        pattern = self._keys.version_pattern(store, version)
-        batch: list[bytes] = []
-        async for key in self._redis.scan_iter(match=pattern, count=SCAN_COUNT):
-            batch.append(key)
-            if len(batch) >= SCAN_COUNT:
-                deleted += await self._redis.unlink(*batch)
-                batch = []
-        if batch:
-            deleted += await self._redis.unlink(*batch)
+        for pattern in self._keys.version_patterns(store, version):
+            batch: list[bytes] = []
+            async for key in self._redis.scan_iter(match=pattern, count=SCAN_COUNT):
+                batch.append(key)
+                if len(batch) >= SCAN_COUNT:
+                    deleted += await self._unlink(batch)
+                    batch = []
+            deleted += await self._unlink(batch)
         return deleted
+
+    async def _unlink(self, keys: list[bytes]) -> int:
+        if not keys:
+            return 0
+        pipe = self._redis.pipeline(transaction=False)
+        for key in keys:  # one UNLINK each: the keys lie in different slots
+            pipe.execute_command("UNLINK", key)
+        return sum(await pipe.execute())

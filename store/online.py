@@ -10,14 +10,15 @@ from redis.asyncio import Redis
 
 from tandem.contracts.codec import decode
 from tandem.contracts.domain import I2I, POPULAR, U2I
+from tandem.store.connect import queue_script
 from tandem.store.exceptions import StoreError
 from tandem.store.keys import Keys
-from tandem.store.scripts import RECOMMEND
+from tandem.store.scripts import USER_READ
 
 TRENDING_TOP = 200
 GLOBAL = "global"
 EMPTY: tuple[list[str], list[float]] = ([], [])
-FRESH, CACHED, VERSIONS_MOVED = 0, 1, 2
+CACHED = 1
 MAX_ATTEMPTS = 3
 
 
@@ -56,67 +57,88 @@ def _bytes(raw: bytes | str) -> bytes:
     return raw.encode() if isinstance(raw, str) else raw
 
 
+@dataclass(frozen=True, slots=True)
+class _Expected:
+    """The live versions and global epoch a reader last saw (the keys it reads next)."""
+
+    u2i: int | None = None
+    i2i: int | None = None
+    popular: int | None = None
+    global_epoch: str = "0"
+
+    def tag(self) -> str:
+        """The part of a cached answer's tag these make (the user's epoch goes in front)."""
+        versions = ("" if v is None else str(v) for v in (self.u2i, self.i2i, self.popular))
+        return ":".join((self.global_epoch, *versions))
+
+
 class OnlineReader:
     """Reads for one recommendation request. Ids are validated by the API before they get here.
 
-    It remembers the live versions it last saw and names their keys in the read; after a cutover
-    the first read finds other versions live, reads nothing and is retried with their keys.
+    One pipeline (one round trip on one Redis; one per node, in parallel, on a cluster) reads
+    the live pointers and the global epoch, the user's epoch, cached answer, session and
+    candidates, the segment's popular list and trending items. The reader names the keys of the
+    versions it last saw; when the pointers show others live it remembers them and reads again,
+    so an answer never mixes two versions (a version's data never changes once written).
     """
 
     def __init__(self, redis: Redis, keys: Keys) -> None:
         self._redis = redis
         self._keys = keys
-        self._script = redis.register_script(RECOMMEND)
-        self._expected: tuple[int | None, int | None] = (None, None)  # u2i, popular
+        self._expected = _Expected()
 
     async def read(self, user: str, k: int, device: str, segment: str) -> RequestData:
         """Versions, epochs and the cached answer, or the inputs of a fresh answer."""
         for _ in range(MAX_ATTEMPTS):
-            reply = await self._read_once(user, k, device, segment)
-            versions = Versions(_int(reply[2]), _int(reply[3]), _int(reply[4]))
-            if reply[0] != VERSIONS_MOVED:
+            expected = self._expected
+            meta, mine, popular, fallback, trend = await self._read_once(
+                expected, user, k, device, segment
+            )
+            seen = _Expected(_int(meta[0]), _int(meta[1]), _int(meta[2]), _text(meta[3] or b"0"))
+            if seen == expected:
                 break
-            self._expected = (versions.u2i, versions.popular)
+            self._expected = seen
         else:
             raise StoreError("the live versions kept changing during one read; retry")
-        data = RequestData(self._keys.cache(user, k, device), _bytes(reply[1]), versions)
-        if reply[0] == CACHED:
-            data.cached = reply[5]
+        versions = Versions(expected.u2i, expected.i2i, expected.popular)
+        data = RequestData(self._keys.cache(user, k, device), _bytes(mine[1]), versions)
+        if mine[0] == CACHED:
+            data.cached = mine[2]
             return data
-        data.u2i = EMPTY if reply[5] is None else decode(reply[5])
-        data.session = reply[6]
-        data.popular = EMPTY if reply[7] is None else decode(reply[7])
-        trend = reply[8] or []
-        data.trending = {_text(trend[n]): float(trend[n + 1]) for n in range(0, len(trend), 2)}
+        data.session = mine[2]
+        data.u2i = EMPTY if mine[3] is None else decode(mine[3])
+        found = popular if popular is not None else fallback
+        data.popular = EMPTY if found is None else decode(found)
+        data.trending = {_text(item): float(score) for item, score in trend}
         return data
 
-    async def _read_once(self, user: str, k: int, device: str, segment: str) -> list[Any]:
+    async def _read_once(
+        self, expected: _Expected, user: str, k: int, device: str, segment: str
+    ) -> list[Any]:
         keys = self._keys
-        u2i, popular = self._expected
-        # Where a store has no live version there is no entity key: its live pointer stands in
-        # (the script reads no entity of a store whose expected version is none).
-        reply: list[Any] = await self._script(
-            keys=[
-                keys.live(U2I),
-                keys.live(I2I),
-                keys.live(POPULAR),
-                keys.epoch(user),
-                keys.global_epoch(),
-                keys.cache(user, k, device),
-                keys.session(user),
-                keys.trending(segment),
-                keys.live(U2I) if u2i is None else keys.entity(U2I, u2i, user),
-                keys.live(POPULAR) if popular is None else keys.entity(POPULAR, popular, segment),
-                keys.live(POPULAR) if popular is None else keys.entity(POPULAR, popular, GLOBAL),
-            ],
-            args=[
-                "" if u2i is None else str(u2i),
-                "" if popular is None else str(popular),
-                "1" if segment != GLOBAL else "0",
-                TRENDING_TOP,
-            ],
+        pipe = self._redis.pipeline(transaction=False)
+        for key in (keys.live(U2I), keys.live(I2I), keys.live(POPULAR), keys.global_epoch()):
+            pipe.get(key)  # one slot, so one node: no MGET, which cluster pipelines refuse
+        # Where a store has no live version there is no entity key to read: the user's epoch
+        # stands in (the script reads no candidates then).
+        u2i = keys.epoch(user) if expected.u2i is None else keys.entity(U2I, expected.u2i, user)
+        queue_script(
+            pipe,
+            USER_READ,
+            [keys.epoch(user), keys.cache(user, k, device), keys.session(user), u2i],
+            [expected.tag(), "0" if expected.u2i is None else "1"],
         )
-        return reply
+        if expected.popular is None:
+            pipe.exists(keys.global_epoch())  # placeholders keep the replies' positions
+            pipe.exists(keys.global_epoch())
+        else:
+            pipe.get(keys.entity(POPULAR, expected.popular, segment))
+            pipe.get(keys.entity(POPULAR, expected.popular, GLOBAL))
+        pipe.zrevrange(keys.trending(segment), 0, TRENDING_TOP - 1, withscores=True)
+        *meta, mine, popular, fallback, trend = await pipe.execute()
+        if expected.popular is None:
+            popular = fallback = None
+        return [meta, mine, popular, fallback if segment != GLOBAL else None, trend]
 
     async def similar(
         self, version: int, items: list[str]
@@ -124,7 +146,10 @@ class OnlineReader:
         """The i2i lists of ``items`` in one version (a second round trip, when the session
         has items)."""
         root = self._keys.version_root(I2I, version)
-        raws = await self._redis.mget([self._keys.entity_unchecked(root, i) for i in items])
+        pipe = self._redis.pipeline(transaction=False)
+        for item in items:  # one GET each: the items' keys lie in different slots
+            pipe.get(self._keys.entity_unchecked(root, item))
+        raws = await pipe.execute()
         return [decode(raw) if isinstance(raw, bytes) else None for raw in raws]
 
     async def attachments(self, version: int) -> tuple[bytes | None, dict[str, str]]:

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-# KEYS: progress hash, entity keys...
-# ARGV: offset field, expected offset, ttl_s, new offset, state field, state json, values...
-# Applies the batch only if the partition's stored offset is the expected one (compare-and-set),
-# so a batch applied twice (crash before the Kafka commit, or a zombie after a rebalance) is not.
-APPLY_BATCH = """
+# KEYS: progress hash   ARGV: offset field, expected offset, ttl_s, new offset, state field,
+#                             state json
+# Advances a partition's progress only if its stored offset is the expected one (compare-and-set):
+# a batch applied twice (a crash before the Kafka commit, a zombie after a rebalance) is counted
+# once. The batch's values are written before it (the same bytes each time, so rewriting them
+# is harmless), which lets them spread over a cluster's slots.
+ADVANCE = """
 local cur = redis.call('HGET', KEYS[1], ARGV[1]) or '-1'
 if cur ~= ARGV[2] then return {0, cur} end
-local ttl = tonumber(ARGV[3])
-for i = 2, #KEYS do
-  redis.call('SET', KEYS[i], ARGV[i + 5], 'EX', ttl)
-end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[4], ARGV[5], ARGV[6])
-redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
 return {1, cur}
 """
 
@@ -47,36 +45,30 @@ for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1]) end
 return {1, cur}
 """
 
-# KEYS: live u2i, live i2i, live popular, user epoch, global epoch, cached answer, session,
-#       trending set, u2i entity (of the expected u2i version), popular entity of the segment and
-#       the global popular entity (of the expected popular version)
-# ARGV: expected u2i version, expected popular version ('' = none), whether the segment is not
-#       global ('1'/'0'), trending count
-# One round trip for a recommendation. The cached answer is stored behind a tag made of the epochs
-# and versions it was computed with, so an event or a cutover makes it unreachable at once. The
-# caller names the entity keys of the versions it expects to be live; when another version is
-# live, nothing is read and the versions are returned, so the caller retries with their keys and
-# an answer never mixes two versions.
-RECOMMEND = """
-local vu = redis.call('GET', KEYS[1]) or ''
-local vi = redis.call('GET', KEYS[2]) or ''
-local vp = redis.call('GET', KEYS[3]) or ''
-local eu = redis.call('GET', KEYS[4]) or '0'
-local eg = redis.call('GET', KEYS[5]) or '0'
-local tag = eu .. ':' .. eg .. ':' .. vu .. ':' .. vi .. ':' .. vp .. '|'
-local cached = redis.call('GET', KEYS[6])
+# KEYS: the user's epoch, cached answer, session, u2i candidates (of the expected u2i version)
+#       (one slot: the user's)
+# ARGV: the rest of the expected tag (global epoch and versions), whether a u2i version is live
+# What a recommendation needs of its user, in one step. The cached answer is stored behind a tag
+# of the epochs and versions it was computed with, so an event (the user's epoch) or a cutover
+# (the global epoch, the versions) makes it unreachable at once.
+USER_READ = """
+local eu = redis.call('GET', KEYS[1]) or '0'
+local tag = eu .. ':' .. ARGV[1] .. '|'
+local cached = redis.call('GET', KEYS[2])
 if cached and string.sub(cached, 1, #tag) == tag then
-  return {1, tag, vu, vi, vp, string.sub(cached, #tag + 1)}
+  return {1, tag, string.sub(cached, #tag + 1)}
 end
-if vu ~= ARGV[1] or vp ~= ARGV[2] then return {2, tag, vu, vi, vp} end
 local cands = false
-if vu ~= '' then cands = redis.call('GET', KEYS[9]) end
-local pop = false
-if vp ~= '' then
-  pop = redis.call('GET', KEYS[10])
-  if not pop and ARGV[3] == '1' then pop = redis.call('GET', KEYS[11]) end
-end
-local sess = redis.call('GET', KEYS[7])
-local trend = redis.call('ZREVRANGE', KEYS[8], 0, tonumber(ARGV[4]) - 1, 'WITHSCORES')
-return {0, tag, vu, vi, vp, cands, sess, pop, trend}
+if ARGV[2] == '1' then cands = redis.call('GET', KEYS[4]) end
+return {0, tag, redis.call('GET', KEYS[3]), cands}
+"""
+
+# KEYS: the user's session, the user's epoch (one slot)   ARGV: session, session ttl_s, epoch ttl_s
+# The session and its epoch bump together: a cached answer becomes unreachable exactly when the
+# new session becomes readable.
+WRITE_SESSION = """
+redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
+local epoch = redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
+return epoch
 """

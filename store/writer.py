@@ -11,15 +11,16 @@ from tandem.contracts.ids import check_id
 from tandem.store.exceptions import ProgressConflict
 from tandem.store.keys import Keys
 from tandem.store.progress import PartitionProgress, record_stat
-from tandem.store.scripts import APPLY_BATCH
+from tandem.store.scripts import ADVANCE
 
 
 class VersionWriter:
     """Writes one version of one store; every key gets the store's TTL.
 
-    Each batch and the partition's new progress are applied by one Lua script, only if the
-    stored progress is the one the caller started from: nothing is lost or counted twice when a
-    writer dies between its Redis write and its Kafka commit.
+    A batch's values are written first (one pipeline, spread over a cluster's nodes), then the
+    partition's progress moves by compare-and-set, only if the stored progress is the one the
+    caller started from: nothing is lost or counted twice when a writer dies between its Redis
+    write and its Kafka commit, and values written twice are the same bytes.
     """
 
     def __init__(self, redis: Redis, keys: Keys, store: str, version: int, ttl_s: int) -> None:
@@ -29,7 +30,7 @@ class VersionWriter:
         self._ttl_s = ttl_s
         self._progress_key = keys.progress(store, version)
         self._root = keys.version_root(store, version)
-        self._apply = redis.register_script(APPLY_BATCH)
+        self._advance = redis.register_script(ADVANCE)
         self._redis = redis
         self._direct: PartitionProgress | None = None
 
@@ -55,13 +56,16 @@ class VersionWriter:
         after: PartitionProgress,
         entries: list[tuple[str, bytes]],
     ) -> None:
-        """Write ``entries`` and move ``partition`` from ``before`` to ``after``, atomically.
+        """Write ``entries``, then move ``partition`` from ``before`` to ``after``.
 
-        Raises :class:`ProgressConflict` (and writes nothing) when the stored progress is no
+        Raises :class:`ProgressConflict` (and counts nothing) when the stored progress is no
         longer ``before``.
         """
-        keys = [self._progress_key]
-        keys.extend(self._keys.entity_unchecked(self._root, entity) for entity, _ in entries)
+        if entries:
+            pipe = self._redis.pipeline(transaction=False)
+            for entity, value in entries:
+                pipe.set(self._keys.entity_unchecked(self._root, entity), value, ex=self._ttl_s)
+            await pipe.execute()
         args: list[bytes | str | int] = [
             f"o:{partition}",
             str(before.offset),
@@ -70,8 +74,7 @@ class VersionWriter:
             f"s:{partition}",
             after.to_json(),
         ]
-        args.extend(value for _, value in entries)
-        applied, current = await self._apply(keys=keys, args=args)
+        applied, current = await self._advance(keys=[self._progress_key], args=args)
         if not applied:
             raise ProgressConflict(
                 f"{self._root} partition {partition}: stored offset {current!r}, "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import faust
 from faust.types import EventT, StreamT
@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from tandem.contracts import topics
 from tandem.contracts.control import dlq_headers
 from tandem.contracts.exceptions import ValidationError
+from tandem.contracts.kafka import is_tansu
 from tandem.contracts.schemas import Event, decode_event
 from tandem.contracts.session import SessionPolicy, SessionState, update
 from tandem.contracts.settings import Settings
@@ -39,7 +40,25 @@ class WorkerOptions:
     trending_flush_s: float = 2.0
     categories_refresh_s: float = 60.0
     store_url: str = "memory://"
-    changelog_batch_bytes: int | None = None  # None: chosen by the broker kind
+    # None: chosen by the broker (see ``changelog_batching``).
+    changelog_batch_bytes: int | None = None
+
+
+TANSU_CHANGELOG_BATCH_BYTES = 1
+CHANGELOG_BATCH_BYTES = 65_536
+
+
+def changelog_batching(settings: Settings, options: WorkerOptions) -> WorkerOptions:
+    """``options`` with the changelog's producer batch size decided.
+
+    Tansu reports a partition's end offset as its last *batch's* base offset + 1, so Faust's
+    table recovery would stop before the tail of a multi-record batch: there the worker sends one
+    changelog record per batch. Apache Kafka gets normal batching.
+    """
+    if options.changelog_batch_bytes is not None:
+        return options
+    size = TANSU_CHANGELOG_BATCH_BYTES if is_tansu(settings) else CHANGELOG_BATCH_BYTES
+    return replace(options, changelog_batch_bytes=size)
 
 
 def changelog_topic(options: WorkerOptions) -> str:
@@ -75,11 +94,8 @@ class StreamWorker:
             broker_heartbeat_interval=2.0,
             broker_commit_interval=0.5,
             producer_linger=0.002,
-            # One record per produce batch. Table recovery reads the changelog up to the high
-            # watermark from ListOffsets; the embedded broker reports the last *batch's* base
-            # offset + 1 there, so the tail of a multi-record batch would not be recovered.
-            # On Apache Kafka this only costs producer throughput.
-            producer_max_batch_size=options.changelog_batch_bytes or 1,
+            # On Tansu one record per batch (see ``changelog_batching``).
+            producer_max_batch_size=options.changelog_batch_bytes or CHANGELOG_BATCH_BYTES,
             consumer_auto_offset_reset="earliest",
             web_enabled=False,
         )

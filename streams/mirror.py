@@ -6,8 +6,10 @@ from collections import Counter
 
 from redis.asyncio import Redis
 
+from tandem.store.connect import queue_script
 from tandem.store.keys import Keys
 from tandem.store.online import live_categories
+from tandem.store.scripts import WRITE_SESSION
 from tandem.streams.trending import WINDOW_MS
 
 EPOCH_TTL_S = 2 * 86400
@@ -24,16 +26,19 @@ class RedisMirror:
         self._session_ttl_s = session_ttl_s
 
     async def write_sessions(self, sessions: dict[str, bytes]) -> None:
-        """Each session and its user's epoch bump, in one MULTI pipeline: a cached answer for
-        the user becomes unreachable exactly when the new session becomes readable."""
+        """Each session with its user's epoch bump, atomically per user (one script in the
+        user's slot), all in one pipeline: a cached answer for the user becomes unreachable
+        exactly when the new session becomes readable."""
         if not sessions:
             return
-        pipe = self._redis.pipeline(transaction=True)
+        pipe = self._redis.pipeline(transaction=False)
         for user, encoded in sessions.items():
-            pipe.set(self._keys.session(user), encoded, ex=self._session_ttl_s)
-            epoch = self._keys.epoch(user)
-            pipe.incr(epoch)
-            pipe.expire(epoch, EPOCH_TTL_S)
+            queue_script(
+                pipe,
+                WRITE_SESSION,
+                [self._keys.session(user), self._keys.epoch(user)],
+                [encoded, self._session_ttl_s, EPOCH_TTL_S],
+            )
         await pipe.execute()
 
     async def write_trending(self, counts: dict[tuple[str, int], Counter[str]]) -> None:

@@ -12,7 +12,7 @@ from faust.contrib.asgi import faust_app_running
 
 from tandem.contracts.kafka import admin, create_topics, ensure_base_topics
 from tandem.contracts.settings import Settings
-from tandem.streams.app import StreamWorker, WorkerOptions, changelog_topic
+from tandem.streams.app import StreamWorker, WorkerOptions, changelog_batching, changelog_topic
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ def prepare_topics(settings: Settings, options: WorkerOptions) -> None:
 async def running(settings: Settings, options: WorkerOptions) -> AsyncIterator[StreamWorker]:
     """The worker, started on the running loop and stopped (after a final flush) on exit."""
     prepare_topics(settings, options)
+    options = changelog_batching(settings, options)
     worker = StreamWorker(settings, options)
     try:
         async with faust_app_running(worker.app, stop_timeout=15):

@@ -2,7 +2,8 @@
 ports, started once for the whole run.
 
 ``TANDEM_TEST_BROKER`` chooses the broker: ``kafka`` (Apache Kafka, fetched with Maven), ``tansu``
-(the embedded fallback), or ``auto`` (the default: Kafka where Java 17+ and Maven exist). Set
+(the embedded fallback), or ``auto`` (the default: Kafka where Java 17+ and Maven exist).
+``TANDEM_TEST_REDIS=cluster`` runs on a six-node Redis Cluster instead of one redis-server. Set
 ``TANDEM_TEST_KAFKA`` and ``TANDEM_TEST_REDIS_URL`` to run against services of your own instead.
 """
 
@@ -32,6 +33,7 @@ class Services:
     redis_url: str
     broker_kind: str
     state_dir: Path
+    started: devservices.PrivateServices | None = None  # what the tests started, if anything
 
 
 def broker_kind() -> str:
@@ -39,15 +41,23 @@ def broker_kind() -> str:
     return devservices.choose_broker(os.environ.get("TANDEM_TEST_BROKER", "auto"))
 
 
-def pytest_report_header() -> str:
+def redis_cluster() -> bool:
+    """Whether this run uses a Redis Cluster."""
+    return os.environ.get("TANDEM_TEST_REDIS", "standalone") == "cluster"
+
+
+def pytest_report_header() -> list[str]:
+    redis = "Redis Cluster (6 nodes)" if redis_cluster() else "redis-server"
     if os.environ.get("TANDEM_TEST_KAFKA"):
-        return f"broker: yours, at {os.environ['TANDEM_TEST_KAFKA']}"
+        return [f"broker: yours, at {os.environ['TANDEM_TEST_KAFKA']}", f"redis: {redis}"]
     kind = broker_kind()
     if kind == "kafka":
         from tandem.shell import kafka_broker
 
-        return f"broker: Apache Kafka {kafka_broker.KAFKA_VERSION} (KRaft, started by the tests)"
-    return f"broker: Tansu {devservices.TANSU_VERSION} (TANDEM_TEST_BROKER=tansu or no Java)"
+        broker = f"Apache Kafka {kafka_broker.KAFKA_VERSION} (KRaft, started by the tests)"
+    else:
+        broker = f"Tansu {devservices.TANSU_VERSION} (TANDEM_TEST_BROKER=tansu or no Java)"
+    return [f"broker: {broker}", f"redis: {redis}"]
 
 
 @pytest.fixture(scope="session")
@@ -61,9 +71,15 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
         yield Services(kafka, redis_url, "yours", state_dir)
         return
     kind = broker_kind()
-    with devservices.private_services(state_dir, broker=kind, kafka=kafka is None) as started:
+    with devservices.private_services(
+        state_dir, broker=kind, kafka=kafka is None, redis_cluster=redis_cluster()
+    ) as started:
         yield Services(
-            kafka or started.kafka, redis_url or started.redis_url, started.broker_kind, state_dir
+            kafka or started.kafka,
+            redis_url or started.redis_url,
+            started.broker_kind,
+            state_dir,
+            started,
         )
 
 

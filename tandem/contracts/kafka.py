@@ -81,6 +81,20 @@ def admin(settings: Settings) -> AdminClient:
     return AdminClient(config)
 
 
+TANSU_CLUSTER_ID = "tansu_cluster"
+
+
+def is_tansu(settings: Settings, timeout_s: float = 10.0) -> bool:
+    """Whether the broker is the embedded Tansu (it names its cluster so): workarounds for its
+    bugs apply there only."""
+    client = admin(settings)  # kept referenced until the answer is in
+    try:
+        found = client.describe_cluster(request_timeout=timeout_s).result(timeout_s)
+    except KafkaException as e:
+        raise ServiceError(f"Kafka at {settings.kafka} did not describe its cluster: {e}") from e
+    return bool(found.cluster_id == TANSU_CLUSTER_ID)
+
+
 def existing_topics(client: AdminClient, timeout_s: float = 10.0) -> set[str]:
     """Names of the topics the cluster has."""
     try:

@@ -16,6 +16,7 @@ from tandem.contracts.exceptions import ConfigError, ValidationError
 from tandem.contracts.ids import check_store
 
 ENV_PREFIX = "TANDEM_"
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+cluster", "rediss+cluster"})
 _PREFIX_RE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 
 
@@ -64,6 +65,26 @@ class Settings(BaseSettings):
     def _check_prefix(cls, value: str) -> str:
         if _PREFIX_RE.fullmatch(value) is None:
             raise ValueError("must be 1-32 characters of A-Z a-z 0-9 _ . -")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: SecretStr) -> SecretStr:
+        scheme = urlsplit(value.get_secret_value()).scheme
+        if scheme not in REDIS_SCHEMES:
+            raise ValueError(
+                f"scheme {scheme or '(none)'!r} is not one of {', '.join(sorted(REDIS_SCHEMES))} "
+                "(e.g. redis://host:6379/0, or redis+cluster://host:7000 for a Redis Cluster)"
+            )
+        return value
+
+    @field_validator("kafka")
+    @classmethod
+    def _check_kafka(cls, value: str) -> str:
+        for server in value.split(","):
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isascii() or not port.isdigit():
+                raise ValueError(f"{server!r} is not host:port (e.g. 127.0.0.1:9092)")
         return value
 
     @field_validator("stores")

@@ -16,11 +16,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from tandem.contracts.exceptions import ServiceError
+
+if TYPE_CHECKING:
+    from tandem.shell.kafka_broker import KafkaCluster
+    from tandem.shell.redis_cluster import RedisCluster
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +222,8 @@ class PrivateServices:
     nodes: int
     broker_stop: Callable[[], None] | None = None
     redis_stop: Callable[[], None] | None = None
+    cluster: RedisCluster | None = None  # the Redis Cluster's nodes, for fault tests
+    kafka_cluster: KafkaCluster | None = None  # the Kafka nodes, for fault tests
 
     @property
     def replication_factor(self) -> int:
@@ -232,7 +239,8 @@ class PrivateServices:
 
     def describe(self) -> str:
         """One line for people."""
-        return f"{self.broker_label} at {self.kafka}, redis-server at {self.redis_url}"
+        redis = "Redis Cluster" if self.cluster is not None else "redis-server"
+        return f"{self.broker_label} at {self.kafka}, {redis} at {self.redis_url}"
 
     def stop_broker(self) -> None:
         """Stop the broker (every node)."""
@@ -268,13 +276,30 @@ def choose_broker(kind: str) -> str:
 
 
 def start_private(
-    state_dir: Path, *, broker: str = "auto", nodes: int = 1, kafka: bool = True
+    state_dir: Path,
+    *,
+    broker: str = "auto",
+    nodes: int = 1,
+    kafka: bool = True,
+    redis_cluster: bool = False,
 ) -> PrivateServices:
-    """A redis-server and (with ``kafka``) a broker of ``broker`` kind on free ports."""
+    """A redis-server (or a six-node Redis Cluster) and, with ``kafka``, a broker of ``broker``
+    kind, on free ports."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    redis = start_redis(free_port(), state_dir)
-    services = PrivateServices("", f"redis://127.0.0.1:{redis.port}/0", "none", "", 0)
-    services.redis_stop = lambda: stop(redis.pid)
+    if redis_cluster:
+        from tandem.shell import redis_cluster as cluster_nodes
+
+        try:
+            cluster = cluster_nodes.start_cluster(state_dir / "redis-cluster")
+        except cluster_nodes.ClusterError as e:
+            raise ServiceError(str(e)) from e
+        services = PrivateServices("", cluster.url, "none", "", 0)
+        services.cluster = cluster
+        services.redis_stop = lambda: cluster_nodes.stop_cluster(cluster)
+    else:
+        redis = start_redis(free_port(), state_dir)
+        services = PrivateServices("", f"redis://127.0.0.1:{redis.port}/0", "none", "", 0)
+        services.redis_stop = lambda: stop(redis.pid)
     try:
         if kafka:
             _start_broker(services, state_dir, choose_broker(broker), nodes)
@@ -293,6 +318,7 @@ def _start_broker(services: PrivateServices, state_dir: Path, kind: str, nodes: 
         except kafka_broker.BrokerError as e:
             raise ServiceError(str(e)) from e
         services.broker_stop = lambda: kafka_broker.stop_kafka(cluster)
+        services.kafka_cluster = cluster
         services.kafka, services.broker_version = cluster.bootstrap, cluster.version
     else:
         if nodes != 1:
@@ -305,10 +331,18 @@ def _start_broker(services: PrivateServices, state_dir: Path, kind: str, nodes: 
 
 @contextlib.contextmanager
 def private_services(
-    state_dir: Path, *, broker: str = "auto", nodes: int = 1, kafka: bool = True, keep: bool = False
+    state_dir: Path,
+    *,
+    broker: str = "auto",
+    nodes: int = 1,
+    kafka: bool = True,
+    redis_cluster: bool = False,
+    keep: bool = False,
 ) -> Iterator[PrivateServices]:
     """:func:`start_private` for the duration of a ``with`` block (left running with ``keep``)."""
-    services = start_private(state_dir, broker=broker, nodes=nodes, kafka=kafka)
+    services = start_private(
+        state_dir, broker=broker, nodes=nodes, kafka=kafka, redis_cluster=redis_cluster
+    )
     try:
         if kafka:
             from tandem.contracts.kafka import ensure_base_topics
