@@ -16,5 +16,10 @@ CACHE_HITS = Counter("tandem_api_cache_hits_total", "Answers served from the res
 RERANK = Histogram(
     "tandem_api_rerank_seconds", "Feature building and scoring", buckets=LATENCY_BUCKETS
 )
-LIVE_VERSION = Gauge("tandem_api_live_version", "Live version seen per store", ["store"])
+LIVE_VERSION = Gauge(
+    "tandem_api_live_version",
+    "Live version seen per store",
+    ["store"],
+    multiprocess_mode="max",  # under serve --workers: the newest any process has seen
+)
 EVENTS = Counter("tandem_api_events_total", "Events acknowledged by the broker")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from dataclasses import dataclass, field, replace
 
@@ -61,6 +62,24 @@ def changelog_batching(settings: Settings, options: WorkerOptions) -> WorkerOpti
     return replace(options, changelog_batch_bytes=size)
 
 
+def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+    """Faust's (aiokafka's) form of the security settings in ``TANDEM_KAFKA_CONFIG``: SASL
+    (PLAIN, SCRAM-SHA-256/512) with or without TLS, or TLS alone."""
+    config = {key: str(value) for key, value in settings.kafka_client_config().items()}
+    protocol = config.get("security.protocol", "PLAINTEXT").upper()
+    context = None
+    if protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(cafile=config.get("ssl.ca.location"))
+    if protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=config.get("sasl.username"),
+            password=config.get("sasl.password"),
+            mechanism=config.get("sasl.mechanism", "PLAIN").upper(),
+            ssl_context=context,
+        )
+    return faust.SSLCredentials(context) if context is not None else None
+
+
 def changelog_topic(options: WorkerOptions) -> str:
     """The sessions table's changelog topic."""
     return f"{options.app_id}-sessions-changelog"
@@ -87,6 +106,7 @@ class StreamWorker:
         app = TandemApp(
             options.app_id,
             broker=[f"kafka://{host}" for host in settings.kafka.split(",")],
+            broker_credentials=broker_credentials(settings),
             store=options.store_url,
             topic_partitions=settings.events_partitions,
             topic_replication_factor=settings.replication_factor,

@@ -7,9 +7,11 @@ import uuid
 from confluent_kafka import (
     OFFSET_BEGINNING,
     KafkaError,
+    KafkaException,
     Message,
     TopicPartition,
 )
+from confluent_kafka.admin import AdminClient
 
 from tandem.contracts import topics
 from tandem.contracts.control import DLQ_OFFSET, DLQ_REASON, DLQ_TOPIC
@@ -19,7 +21,7 @@ from tandem.contracts.waiting import wait_for
 from tandem.store.admin import Served, VersionAdmin
 from tandem.store.connect import connect
 
-__all__ = ["read_dlq", "read_messages", "read_topic", "served", "wait_for"]
+__all__ = ["assignments", "read_dlq", "read_messages", "read_topic", "served", "wait_for"]
 
 
 def read_messages(settings: Settings, topic: str) -> list[Message]:
@@ -44,6 +46,32 @@ def read_messages(settings: Settings, topic: str) -> list[Message]:
     finally:
         consumer.close()
     return found
+
+
+COORDINATOR_MOVING = frozenset(
+    {
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    }
+)
+
+
+def assignments(client: AdminClient, group: str, topic: str) -> dict[str, set[int]]:
+    """Member id → the partitions of ``topic`` it holds in ``group`` (empty while the group's
+    coordinator is not known yet)."""
+    try:
+        described = client.describe_consumer_groups([group], request_timeout=10)[group].result(15)
+    except KafkaException as e:
+        if e.args and (e.args[0].retriable() or e.args[0].code() in COORDINATOR_MOVING):
+            return {}
+        raise
+    return {
+        member.member_id: {
+            tp.partition for tp in member.assignment.topic_partitions if tp.topic == topic
+        }
+        for member in described.members
+    }
 
 
 def read_topic(settings: Settings, topic: str) -> list[tuple[bytes, bytes]]:

@@ -37,6 +37,7 @@ def producer_config(settings: Settings, *, bulk: bool, **extra: Any) -> dict[str
         "queue.buffering.max.kbytes": 1_048_576,
         "queue.buffering.max.messages": 500_000,
     }
+    config.update(settings.kafka_client_config())
     config.update(extra)
     return config
 
@@ -56,6 +57,7 @@ def consumer_config(settings: Settings, group: str, **extra: Any) -> dict[str, A
         "topic.metadata.refresh.interval.ms": 2000,
         "allow.auto.create.topics": False,
     }
+    config.update(settings.kafka_client_config())
     config.update(extra)
     return config
 
@@ -77,7 +79,11 @@ def make_consumer(settings: Settings, group: str, **extra: Any) -> Consumer:
 
 def admin(settings: Settings) -> AdminClient:
     """An admin client for ``settings.kafka``."""
-    config: dict[str, Any] = {"bootstrap.servers": settings.kafka, "logger": RDKAFKA_LOG}
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka,
+        **settings.kafka_client_config(),
+        "logger": RDKAFKA_LOG,
+    }
     return AdminClient(config)
 
 

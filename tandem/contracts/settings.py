@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import orjson
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -59,6 +60,11 @@ class Settings(BaseSettings):
     api_deadline_ms: int = Field(default=50, ge=5, le=10_000)
     api_cache_ttl_s: int = Field(default=60, ge=5, le=3600)
     api_redis_timeout_ms: int = Field(default=30, ge=1, le=10_000)
+    metrics_host: str = "127.0.0.1"
+    # Extra librdkafka settings (a JSON object) for every Kafka client, e.g. security.protocol,
+    # sasl.mechanism, sasl.username, sasl.password, ssl.ca.location for a managed cluster. Kept
+    # secret: it is never logged or printed.
+    kafka_config: SecretStr = SecretStr("{}")
 
     @field_validator("key_prefix")
     @classmethod
@@ -86,6 +92,26 @@ class Settings(BaseSettings):
             if not host or not port.isascii() or not port.isdigit():
                 raise ValueError(f"{server!r} is not host:port (e.g. 127.0.0.1:9092)")
         return value
+
+    @field_validator("kafka_config")
+    @classmethod
+    def _check_kafka_config(cls, value: SecretStr) -> SecretStr:
+        try:
+            parsed = orjson.loads(value.get_secret_value())
+        except orjson.JSONDecodeError:
+            raise ValueError("must be a JSON object of librdkafka settings") from None
+        if not isinstance(parsed, dict) or not all(
+            isinstance(v, str | int | float | bool) for v in parsed.values()
+        ):
+            raise ValueError("must be a JSON object of librdkafka settings (scalar values)")
+        return value
+
+    def kafka_client_config(self) -> dict[str, str | int | float | bool]:
+        """The extra librdkafka settings of ``TANDEM_KAFKA_CONFIG`` (secrets included)."""
+        parsed: dict[str, str | int | float | bool] = orjson.loads(
+            self.kafka_config.get_secret_value()
+        )
+        return parsed
 
     @field_validator("stores")
     @classmethod

@@ -17,16 +17,17 @@ metrics_port_option = click.option(
     "--metrics-port",
     type=click.IntRange(1, 65535),
     default=None,
-    help="Serve Prometheus metrics on 127.0.0.1 at this port.",
+    help="Serve Prometheus metrics at this port (on TANDEM_METRICS_HOST, default 127.0.0.1).",
 )
 
 
-def serve_metrics(port: int | None) -> None:
-    """Expose this process's Prometheus metrics when a port is given."""
+def serve_metrics(port: int | None, host: str = "127.0.0.1") -> None:
+    """Expose this process's Prometheus metrics when a port is given (``TANDEM_METRICS_HOST``
+    chooses the address: 0.0.0.0 in a container)."""
     if port is not None:
         from prometheus_client import start_http_server
 
-        start_http_server(port, addr="127.0.0.1")
+        start_http_server(port, addr=host)
 
 
 def settings_of(ctx: click.Context) -> Settings:

@@ -78,7 +78,7 @@ def materialize(
     options = MaterializerOptions(
         group=group, batch_size=batch_size, until_idle_s=until_idle_s, cutover=not no_cutover
     )
-    serve_metrics(metrics_port)
+    serve_metrics(metrics_port, settings_of(ctx).metrics_host)
 
     settings = settings_of(ctx)
     run_until_signal(lambda stop: Materializer(settings, options).run(stop))

@@ -49,7 +49,7 @@ def worker(
         session=SessionPolicy(gap_ms=session_gap_s * 1000),
         changelog_batch_bytes=changelog_batch_bytes,
     )
-    serve_metrics(metrics_port)
+    serve_metrics(metrics_port, settings_of(ctx).metrics_host)
 
     settings = settings_of(ctx)
     run_until_signal(lambda stop: run_until(settings, options, stop))

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import faust
+import orjson
 import pytest
 
 from tandem.contracts.exceptions import ConfigError
+from tandem.contracts.kafka import consumer_config, producer_config
 from tandem.contracts.settings import Settings, redact_url
+from tandem.streams.app import broker_credentials
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -57,3 +61,38 @@ def test_secrets_do_not_leak_into_repr() -> None:
     assert "t0ps3cret" not in repr(settings)
     assert settings.redis_url_redacted() == "redis://:***@h:6379/0"
     assert redact_url("redis://u:pw@h:1/2") == "redis://u:***@h:1/2"
+
+
+def test_kafka_client_settings_pass_through_and_stay_secret() -> None:
+    extra = {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "svc",
+        "sasl.password": "hunter2-secret",
+    }
+    settings = Settings.load(kafka_config=orjson.dumps(extra).decode())
+    assert producer_config(settings, bulk=False)["sasl.password"] == "hunter2-secret"
+    assert consumer_config(settings, "g")["security.protocol"] == "SASL_SSL"
+    assert "hunter2" not in repr(settings)
+    assert "hunter2" not in str(settings.model_dump())
+    credentials = broker_credentials(settings)
+    assert isinstance(credentials, faust.SASLCredentials)
+    assert credentials.mechanism.name == "SCRAM_SHA_512"
+    assert credentials.username == "svc"
+    assert broker_credentials(Settings.load()) is None
+    with pytest.raises(ConfigError, match="TANDEM_KAFKA_CONFIG"):
+        Settings.load(kafka_config="[1, 2]")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("redis_url", "http://x"),
+        ("redis_url", "127.0.0.1:6379"),
+        ("kafka", "localhost"),
+        ("kafka", "127.0.0.1:9092,broker2"),
+    ],
+)
+def test_addresses_are_checked_at_start(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=f"TANDEM_{name.upper()}"):
+        Settings.load(**{name: value})
