@@ -166,13 +166,30 @@ def serve(ctx: click.Context, host: str, port: int, workers: int) -> None:
     show_default=True,
     help="Apache Kafka (needs Java 17+ and Maven), Tansu, or Kafka where Java is there.",
 )
+@click.option(
+    "--brokers",
+    type=click.IntRange(1, 5),
+    default=1,
+    show_default=True,
+    help="Kafka nodes; 3 gives topics with three replicas and min.insync.replicas=2.",
+)
+@click.option("--redis-cluster", is_flag=True, help="A six-node Redis Cluster instead of one.")
 @click.option("--keep", is_flag=True, help="Leave the broker and Redis running at the end.")
 @click.pass_context
-def demo(ctx: click.Context, users: int, items: int, broker: str, keep: bool) -> None:
+def demo(
+    ctx: click.Context,
+    users: int,
+    items: int,
+    broker: str,
+    brokers: int,
+    redis_cluster: bool,
+    keep: bool,
+) -> None:
     """The whole system end to end on a private broker and Redis, as an operator runs it."""
-    from tandem.shell.demo import run  # an entry point: it starts every package
+    from tandem.shell.demo import Setup, run  # an entry point: it starts every package
 
-    run(users, items, broker, keep, settings_of(ctx).state_dir)
+    setup = Setup(users, items, broker, brokers, redis_cluster, keep)
+    run(setup, settings_of(ctx).state_dir)
 
 
 for _command in (batch, data, events, materialize, publish, replay, versions, worker):

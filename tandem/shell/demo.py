@@ -12,6 +12,7 @@ import logging
 import shutil
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -25,7 +26,19 @@ from tandem.shell.story import Story
 log = logging.getLogger(__name__)
 
 
-def run(users: int, items: int, broker: str, keep: bool, state_dir: Path) -> None:
+@dataclass(frozen=True)
+class Setup:
+    """What the demo runs on."""
+
+    users: int = 2000
+    items: int = 1000
+    broker: str = "auto"
+    brokers: int = 1
+    redis_cluster: bool = False
+    keep: bool = False
+
+
+def run(setup: Setup, state_dir: Path) -> None:
     """Run the demo (see the module docstring)."""
     started = time.perf_counter()
     folder = state_dir / "demo"
@@ -35,7 +48,13 @@ def run(users: int, items: int, broker: str, keep: bool, state_dir: Path) -> Non
     story = Story()
     story.step("starting a private broker and redis-server")
     services_dir = folder / "services"
-    with devservices.private_services(services_dir, broker=broker, keep=keep) as services:
+    with devservices.private_services(
+        services_dir,
+        broker=setup.broker,
+        nodes=setup.brokers,
+        redis_cluster=setup.redis_cluster,
+        keep=setup.keep,
+    ) as services:
         story.say(f"{services.describe()}")
         settings = Settings.load(
             kafka=services.kafka,
@@ -46,12 +65,13 @@ def run(users: int, items: int, broker: str, keep: bool, state_dir: Path) -> Non
             replication_factor=services.replication_factor,
         )
         story.add("broker", services.broker_label)
-        asyncio.run(_main(settings, folder, users, items, story))
+        story.add("redis", "Redis Cluster, 6 nodes" if setup.redis_cluster else "redis-server")
+        asyncio.run(_main(settings, folder, setup.users, setup.items, story))
     story.add("demo wall time", f"{time.perf_counter() - started:.0f} s")
     click.secho("\nsummary", bold=True)
     click.echo(story.render())
     click.echo(f"\nlogs of every process: {folder}/*.log")
-    if keep:
+    if setup.keep:
         click.echo(f"left running: {services.describe()} (their pids: {services_dir})")
 
 
