@@ -12,9 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+from redis.exceptions import RedisError
 
 from tandem.api import handlers, metrics
-from tandem.api.exceptions import ApiError
+from tandem.api.exceptions import ApiError, Unavailable
 from tandem.api.keys import ADMIN, OUTCOME, PRODUCER, REDIS, SERVICE, SETTINGS
 from tandem.api.producer import AsyncProducer
 from tandem.api.service import Budget, RecommendationService
@@ -42,17 +43,32 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
         response = await handler(request)
         outcome = request.get(OUTCOME, "ok")
         return response
+    except (RedisError, OSError) as e:  # Redis went away under an endpoint without a fallback
+        error: ApiError = Unavailable(f"Redis is unreachable ({type(e).__name__}); retry shortly")
+        outcome = str(error.status)
+        return _problem(error)
     except ApiError as e:
         outcome = str(e.status)
-        body = {"error": str(e), "field": e.field, "index": e.index}
-        return web.Response(
-            body=orjson.dumps(body), status=e.status, content_type="application/json"
-        )
+        return _problem(e)
     except web.HTTPException as e:
         outcome = str(e.status)
         raise
+    except BaseException:
+        outcome = "500"
+        raise
     finally:
         metrics.REQUESTS.labels(route, outcome).observe(time.perf_counter() - started)
+
+
+def _problem(error: ApiError) -> web.Response:
+    body = {"error": str(error), "field": error.field, "index": error.index}
+    headers = {"Retry-After": "1"} if error.retriable else None
+    return web.Response(
+        body=orjson.dumps(body),
+        status=error.status,
+        content_type="application/json",
+        headers=headers,
+    )
 
 
 async def prometheus(_request: web.Request) -> web.Response:

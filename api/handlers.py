@@ -37,7 +37,7 @@ def _json(body: object, status: int = 200) -> web.Response:
 
 def _k(request: web.Request) -> int:
     raw = request.query.get("k", "20")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_K:
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 3) or not 1 <= int(raw) <= MAX_K:
         raise BadRequest(f"k must be an integer from 1 to {MAX_K}", field="k")
     return int(raw)
 
@@ -96,7 +96,9 @@ def _require_admin(request: web.Request) -> None:
     given = request.headers.get("Authorization", "")
     if not given.startswith("Bearer "):
         raise Unauthorized("send Authorization: Bearer <token>")
-    if not hmac.compare_digest(given[7:].encode(), token.get_secret_value().encode()):
+    # A header that is not UTF-8 arrives with surrogates: it is simply a wrong token.
+    offered = given[7:].encode("utf-8", "surrogateescape")
+    if not hmac.compare_digest(offered, token.get_secret_value().encode()):
         raise Forbidden("wrong admin token")
 
 

@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from confluent_kafka import TopicPartition
+from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from tandem.api.app import create_app
@@ -89,6 +90,8 @@ async def test_admin_auth(client: Client, redis: Redis, keys: Keys, settings: Se
     await put_version(redis, keys, "u2i", 2, {"a": [("j", 1.0)]})
     assert (await client.get("/v1/stores")).status == 401
     assert (await client.get("/v1/stores", headers={"Authorization": "Bearer wrong"})).status == 403
+    not_utf8 = {"Authorization": "Bearer \xff\xfe"}  # sent as the bytes ff fe: not UTF-8
+    assert (await client.get("/v1/stores", headers=not_utf8)).status == 403
     status, body = await call(client, "GET", "/v1/stores", headers=AUTH)
     assert status == 200
     assert {"store": "u2i", "live": 2, "backup": 1} in body["stores"]
@@ -105,6 +108,12 @@ async def test_admin_auth(client: Client, redis: Redis, keys: Keys, settings: Se
         status, body = await call(no_admin, "GET", "/v1/stores", headers=AUTH)
         assert status == 404
         assert "TANDEM_ADMIN_TOKEN" in body["error"]
+
+
+@pytest.mark.parametrize("k", ["0", "201", "x", "²", "٣", "9" * 5000, "", "-1", "1.5"])
+async def test_k_is_ascii_digits_from_1_to_200(client: Client, k: str) -> None:
+    status, body = await call(client, "GET", f"/v1/recommendations/alice?k={k}")
+    assert (status, body["field"]) == (400, "k")
 
 
 async def test_health_metrics_and_openapi(client: Client, redis: Redis, keys: Keys) -> None:
@@ -184,6 +193,14 @@ async def test_redis_stopped_degrades_in_time(
             assert status == 200
             assert body["degraded"] is True
             assert [i["item_id"] for i in body["items"]] == ["p1", "p2"]
+        admin = own.model_copy(update={"admin_token": SecretStr("s3cret-token")})
+    async with TestClient(TestServer(create_app(admin))) as operator:
+        for method, path in (("GET", "/v1/stores"), ("POST", "/v1/stores/u2i/rollback")):
+            response = await operator.request(method, path, headers=AUTH)
+            assert response.status == 503, await response.text()  # not a 500
+            assert response.headers["Retry-After"] == "1"
+        text = await (await operator.get("/metrics")).text()
+        assert 'outcome="503",route="/v1/stores"' in text
     async with TestClient(TestServer(create_app(own))) as cold:
         started = time.perf_counter()
         status, body = await call(cold, "GET", "/v1/recommendations/someone")
