@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
 import uuid
 from pathlib import Path
 
@@ -19,8 +19,10 @@ from benchmarks import (
 )
 from tandem.contracts.settings import Settings
 from tandem.shell.clictx import settings_of
+from tandem.shell.processes import environment
 
 RESULTS = Path("benchmarks/RESULTS.md")
+BROKER = "tandem.broker"
 
 
 def _report(name: str, command: str, body: str, write: Path | None) -> None:
@@ -39,14 +41,29 @@ write_option = click.option(
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--broker",
+    type=click.Choice(["auto", "kafka", "tansu"]),
+    default="auto",
+    show_default=True,
+    help="The broker started when TANDEM_KAFKA does not answer (auto: Kafka where Java is).",
+)
 @click.pass_context
-def bench(ctx: click.Context) -> None:
+def bench(ctx: click.Context, broker: str) -> None:
     """Benchmarks; each prints tandem's figures beside a baseline measured in the same run.
 
     Run from a checkout as ``python -m benchmarks NAME``; settings come from ``TANDEM_*``.
     """
     if ctx.obj is None:
         ctx.obj = Settings.load()
+    ctx.meta[BROKER] = broker
+
+
+def _services(
+    ctx: click.Context, *, kafka: bool = True
+) -> contextlib.AbstractContextManager[Settings]:
+    """The services a benchmark runs on (see :func:`benchmarks.common.services`)."""
+    return common.services(settings_of(ctx), kafka=kafka, broker=ctx.meta.get(BROKER, "auto"))
 
 
 @bench.command("store")
@@ -56,7 +73,7 @@ def bench(ctx: click.Context) -> None:
 @click.pass_context
 def bench_store(ctx: click.Context, entities: int, reads: int, write: Path | None) -> None:
     """Store reads (live pointer + decode) vs raw GET; versioned writes vs pipelined SET."""
-    with common.services(settings_of(ctx), kafka=False) as settings:
+    with _services(ctx, kafka=False) as settings:
         result = asyncio.run(store_bench.run(settings, entities, reads))
     _report(
         "store",
@@ -73,7 +90,7 @@ def bench_store(ctx: click.Context, entities: int, reads: int, write: Path | Non
 @click.pass_context
 def bench_publish(ctx: click.Context, records: int, items: int, write: Path | None) -> None:
     """The publisher (per compression codec) vs a bare confluent-kafka produce loop."""
-    with common.services(settings_of(ctx)) as settings:
+    with _services(ctx) as settings:
         result = pipeline_bench.run_publish(settings, records, items)
     _report(
         "publish",
@@ -90,7 +107,7 @@ def bench_publish(ctx: click.Context, records: int, items: int, write: Path | No
 @click.pass_context
 def bench_materialize(ctx: click.Context, records: int, items: int, write: Path | None) -> None:
     """Materializer vs (a) consuming without writing and (b) writing without consuming."""
-    with common.services(settings_of(ctx)) as settings:
+    with _services(ctx) as settings:
         result = pipeline_bench.run_materialize(settings, records, items)
     _report(
         "materialize",
@@ -118,10 +135,10 @@ def bench_materialize(ctx: click.Context, records: int, items: int, write: Path 
 )
 @click.option(
     "--changelog-batch-bytes",
-    default=1,
+    default=0,
     show_default=True,
-    type=click.IntRange(1, 1 << 20),
-    help="Passed to the worker.",
+    type=click.IntRange(0, 1 << 20),
+    help="Passed to the worker (0: the worker's default for the broker).",
 )
 @write_option
 @click.pass_context
@@ -138,19 +155,16 @@ def bench_freshness(
         offered = tuple(int(r) for r in rates.split(","))
     except ValueError as e:
         raise click.BadParameter("a comma-separated list of integers", param_hint="--rates") from e
-    with common.services(settings_of(ctx)) as started:
+    with _services(ctx) as started:
         settings = started.model_copy(update={"key_prefix": "fresh" + uuid.uuid4().hex[:6]})
-        env = {
-            **os.environ,
-            "TANDEM_KAFKA": settings.kafka,
-            "TANDEM_REDIS_URL": settings.redis_url.get_secret_value(),
-            "TANDEM_KEY_PREFIX": settings.key_prefix,
-        }
         result = asyncio.run(
-            freshness_bench.run(settings, env, seconds, offered, flood, changelog_batch_bytes)
+            freshness_bench.run(
+                settings, environment(settings), seconds, offered, flood, changelog_batch_bytes
+            )
         )
+    broker = "tansu" if result.broker.startswith("Tansu") else "kafka"
     _report(
-        f"freshness-{changelog_batch_bytes}",
+        f"freshness-{broker}-{changelog_batch_bytes or 'default'}",
         f"python -m benchmarks freshness --seconds {seconds:g} --rates {rates} --flood {flood} "
         f"--changelog-batch-bytes {changelog_batch_bytes}",
         result.markdown(),
@@ -171,7 +185,7 @@ def bench_freshness(
 @click.pass_context
 def bench_api(ctx: click.Context, users: int, seconds: float, write: Path | None) -> None:
     """Open-loop p50/p95/p99 and the highest rate with p99 < 10 ms: tandem vs a bare handler."""
-    with common.services(settings_of(ctx)) as settings:
+    with _services(ctx) as settings:
         result = api_bench.run(settings, users, seconds)
     _report(
         "api",

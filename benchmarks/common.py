@@ -37,28 +37,31 @@ def machine() -> str:
 
 
 @contextlib.contextmanager
-def services(settings: Settings, *, kafka: bool = True) -> Iterator[Settings]:
-    """The configured services, or throwaway embedded ones when those do not answer."""
+def services(settings: Settings, *, kafka: bool = True, broker: str = "auto") -> Iterator[Settings]:
+    """The configured services when both answer; otherwise private ones on free ports (a
+    ``broker`` of that kind: Apache Kafka where Java is there, or Tansu)."""
     url = urlsplit(settings.redis_url.get_secret_value())
-    started: list[int] = []
-    changes: dict[str, object] = {}
-    with tempfile.TemporaryDirectory(prefix="tandem-bench-") as tmp:
-        if not devservices.redis_answers(url.hostname or "127.0.0.1", url.port or 6379):
-            redis = devservices.start_redis(devservices.free_port(), Path(tmp))
-            started.append(redis.pid)
-            changes["redis_url"] = SecretStr(f"redis://127.0.0.1:{redis.port}/0")
-        if kafka and not devservices.kafka_answers(settings.kafka):
-            broker = devservices.start_broker(devservices.free_port(), Path(tmp))
-            started.append(broker.pid)
-            changes["kafka"] = f"127.0.0.1:{broker.port}"
-        effective = settings.model_copy(update=changes) if changes else settings
+    redis_up = devservices.redis_answers(url.hostname or "127.0.0.1", url.port or 6379)
+    if redis_up and (not kafka or devservices.kafka_answers(settings.kafka)):
         if kafka:
-            ensure_base_topics(effective)
-        try:
-            yield effective
-        finally:
-            for pid in started:
-                devservices.stop(pid)
+            ensure_base_topics(settings)
+        yield settings
+        return
+    with (
+        tempfile.TemporaryDirectory(prefix="tandem-bench-") as tmp,
+        devservices.private_services(Path(tmp), broker=broker, kafka=kafka) as started,
+    ):
+        changes: dict[str, object] = {"redis_url": SecretStr(started.redis_url)}
+        if kafka:
+            changes["kafka"] = started.kafka
+        yield settings.model_copy(update=changes)
+
+
+def broker_label(settings: Settings) -> str:
+    """The broker a benchmark ran on, for RESULTS.md."""
+    from tandem.contracts.kafka import is_tansu
+
+    return "Tansu (embedded)" if is_tansu(settings) else "Apache Kafka"
 
 
 def write_section(path: Path, name: str, body: str) -> None:
