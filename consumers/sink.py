@@ -37,6 +37,7 @@ from tandem.store.writer import VersionWriter
 log = logging.getLogger(__name__)
 
 MAX_CONFLICT_RETRIES = 5
+SEALED = "sealed"  # the field a dead letter names for a message after END_OF_PUSH
 
 
 @dataclass
@@ -51,20 +52,29 @@ class Plan:
 
 
 def plan_batch(before: PartitionProgress, messages: Sequence[Record]) -> Plan:
-    """Sort a batch (all newer than ``before``) into entries, dead letters and control data."""
+    """Sort a batch (all newer than ``before``) into entries, dead letters and control data.
+
+    After a partition's END_OF_PUSH the partition is sealed: whatever follows on it is
+    dead-lettered with the reason and never applied, so what is served always equals the count
+    and checksum the registry shows.
+    """
     entries: list[tuple[str, bytes]] = []
     stats: list[RecordStat] = []
     dead: list[tuple[Record, str]] = []
     start: StartOfPush | None = None
     end: EndOfPush | None = None
     attachments: list[tuple[str, bytes]] = []
+    sealed = before.ended
     for msg in messages:
         try:
             kind = control_kind(msg.headers)
+            if sealed:
+                raise ValidationError(SEALED, "the partition's END_OF_PUSH came first")
             if kind is Control.START_OF_PUSH:
                 start = StartOfPush.decode(msg.value)
             elif kind is Control.END_OF_PUSH:
                 end = EndOfPush.decode(msg.value)
+                sealed = True
             elif kind is Control.ATTACHMENT:
                 attachments.append((attachment_name(msg.headers), msg.value or b""))
             else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from redis.asyncio import Redis
 
@@ -9,6 +11,9 @@ from tandem.batch.candidates_io import synthetic_candidates
 from tandem.batch.exceptions import PushError
 from tandem.batch.publish import Publisher
 from tandem.contracts import topics
+from tandem.contracts.codec import encode
+from tandem.contracts.control import record_headers
+from tandem.contracts.kafka import make_producer
 from tandem.contracts.schemas import CandidateList
 from tandem.contracts.settings import Settings
 from tandem.contracts.versions import State
@@ -147,3 +152,29 @@ async def test_replay_after_keys_deleted(
     got = await served(store_settings, store, "u1")
     assert got.version == push.version
     assert len(got.item_ids) == 10
+
+
+async def test_a_record_after_end_of_push_is_dead_lettered_never_served(
+    store_settings: Settings, store: str, redis: Redis, keys: Keys
+) -> None:
+    version = raw_push(store_settings, store, good_records(10, tag="good"))
+    topic = topics.version_topic(store, version)
+    async with materializing(store_settings):
+        info = await decided(redis, keys, store, version)
+        assert info.state is State.LIVE
+        producer = make_producer(store_settings, bulk=False)
+        late = encode(["evil1", "evil2"], [1.0, 0.9])
+        producer.produce(
+            topic, key=b"u3", value=late, partition=0, headers=record_headers(store, version)
+        )
+        assert producer.flush(10) == 0
+        dead = await wait_for(
+            lambda: asyncio.to_thread(read_dlq, store_settings, topic), 30, "the dead letter"
+        )
+    assert [(key, reason) for key, reason, _ in dead] == [
+        (b"u3", b"sealed: the partition's END_OF_PUSH came first")
+    ]
+    assert (await served(store_settings, store, "u3")).item_ids == ["good3", "i2"]
+    after = await Registry(redis, keys).get(store, version)
+    assert after is not None
+    assert (after.state, after.count, after.checksum) == (State.LIVE, 10, info.checksum)
