@@ -108,7 +108,16 @@ def _record(msg: Record) -> tuple[str, bytes]:
 class VersionSink:
     """Writes batches of version-topic messages into Redis through ``store/``."""
 
-    def __init__(self, redis: Redis, settings: Settings, dlq: Producer, source: str) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        settings: Settings,
+        dlq: Producer,
+        source: str,
+        *,
+        rebuild: bool = False,
+    ) -> None:
+        self._rebuild = rebuild
         self._redis = redis
         self._settings = settings
         self._keys = Keys(settings.key_prefix)
@@ -123,7 +132,9 @@ class VersionSink:
         found = self._writers.get((store, version))
         if found is None:
             ttl_s = self._settings.policy(store).ttl_s
-            found = VersionWriter(self._redis, self._keys, store, version, ttl_s)
+            found = VersionWriter(
+                self._redis, self._keys, store, version, ttl_s, rebuild=self._rebuild
+            )
             self._writers[(store, version)] = found
         return found
 

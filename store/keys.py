@@ -57,6 +57,10 @@ class Keys:
         """Hash of per-partition write progress; its presence marks a materialized version."""
         return f"{self.meta}:{check_store(store)}:v{check_version(version)}:progress"
 
+    def rebuild(self, store: str, version: int) -> str:
+        """The progress of a replay in flight; renamed over :meth:`progress` once complete."""
+        return f"{self.meta}:{check_store(store)}:v{check_version(version)}:rebuild"
+
     def attachment(self, store: str, version: int, name: str) -> str:
         """A blob that came with a version (its re-ranker model, item categories)."""
         return f"{self.meta}:{check_store(store)}:v{check_version(version)}:a:{name}"

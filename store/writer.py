@@ -23,12 +23,24 @@ class VersionWriter:
     write and its Kafka commit, and values written twice are the same bytes.
     """
 
-    def __init__(self, redis: Redis, keys: Keys, store: str, version: int, ttl_s: int) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        store: str,
+        version: int,
+        ttl_s: int,
+        *,
+        rebuild: bool = False,
+    ) -> None:
         self._keys = keys
         self._store = store
         self._version = version
         self._ttl_s = ttl_s
-        self._progress_key = keys.progress(store, version)
+        # A rebuild (replay) counts into a progress of its own, beside the served one.
+        self._progress_key = (
+            keys.rebuild(store, version) if rebuild else keys.progress(store, version)
+        )
         self._root = keys.version_root(store, version)
         self._advance = redis.register_script(ADVANCE)
         self._redis = redis
@@ -98,6 +110,16 @@ class VersionWriter:
         """Store a blob that goes live with the version (idempotent), with the version's TTL."""
         await self._redis.set(
             self._keys.attachment(self._store, self._version, name), value, ex=self._ttl_s
+        )
+
+    async def discard(self) -> None:
+        """Forget this writer's progress (a rebuild starting over)."""
+        await self._redis.delete(self._progress_key)
+
+    async def promote_rebuild(self) -> None:
+        """Make a complete rebuild's progress the version's progress, in one step."""
+        await self._redis.rename(
+            self._progress_key, self._keys.progress(self._store, self._version)
         )
 
     async def seal(self) -> PartitionProgress:

@@ -178,3 +178,54 @@ async def test_a_record_after_end_of_push_is_dead_lettered_never_served(
     after = await Registry(redis, keys).get(store, version)
     assert after is not None
     assert (after.state, after.count, after.checksum) == (State.LIVE, 10, info.checksum)
+
+
+async def test_replay_of_the_live_version_never_empties_an_answer(
+    store_settings: Settings, store: str, redis: Redis, keys: Keys
+) -> None:
+    from tandem.consumers.replay import replay
+
+    with Publisher(store_settings) as publisher:
+        push = publisher.publish(store, synthetic_candidates(3000, 10, seed=6))
+    async with materializing(store_settings):
+        original = await decided(redis, keys, store, push.version)
+    assert original.state is State.LIVE
+    done = asyncio.Event()
+    reads, empty = 0, 0
+
+    async def read_until_done() -> None:
+        nonlocal reads, empty
+        while not done.is_set() or reads < 100:
+            raw = await redis.get(keys.entity(store, push.version, f"u{reads % 3000}"))
+            empty += raw is None
+            reads += 1
+
+    async def replay_then_stop() -> VersionInfo:
+        try:
+            return await replay(store_settings, store, push.version, cutover=False)
+        finally:
+            done.set()
+
+    _, rebuilt = await asyncio.gather(read_until_done(), replay_then_stop())
+    assert empty == 0, f"{empty} of {reads} reads found nothing"
+    assert (rebuilt.state, rebuilt.count, rebuilt.checksum) == (
+        State.LIVE,
+        3000,
+        original.checksum,
+    )
+    assert await Lifecycle(redis, keys).live(store) == push.version
+
+
+async def test_replay_racing_the_materializer_agrees_with_it(
+    store_settings: Settings, store: str, redis: Redis, keys: Keys
+) -> None:
+    from tandem.consumers.replay import replay
+
+    with Publisher(store_settings) as publisher:
+        push = publisher.publish(store, synthetic_candidates(20_000, 10, seed=8))
+    async with materializing(store_settings, batch_size=200):
+        rebuilt = await replay(store_settings, store, push.version, cutover=True)
+        info = await decided(redis, keys, store, push.version)
+    assert info.state is State.LIVE, info.reasons
+    assert info.count == rebuilt.count == 20_000
+    assert info.checksum == rebuilt.checksum == push.checksum
