@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+ABORT_TIMEOUT_S = 10.0
+
 
 def allocate_version(now_s: float | None = None) -> int:
     """A sortable version id: UTC ``YYYYMMDDhhmmss`` followed by milliseconds."""
@@ -165,8 +167,46 @@ class Publisher:
         """Push ``rows`` as a new version of ``store``; END_OF_PUSH only if all were delivered."""
         self._settings.policy(store)
         parts = partitions or self._settings.partitions
-        started = time.perf_counter()
         version, topic = self._create_topic(store, parts)
+        try:
+            return self._push(store, version, topic, parts, rows, metadata, attachments, on_record)
+        except BaseException as e:
+            self._abort(store, version, topic, parts, f"{type(e).__name__}: {e}")
+            raise
+
+    def _abort(self, store: str, version: int, topic: str, parts: int, reason: str) -> None:
+        """Best effort: tell the materializers (ABORT_PUSH on every partition) and the lifecycle
+        topic that this push failed, so the version is marked aborted and its keys cleaned up.
+        Where the broker is gone too, `tandem versions abort` does it by hand."""
+        log.error("push %s failed (%s); aborting it", topic, reason)
+        report = _Deliveries()
+        headers = control_headers(Control.ABORT_PUSH, store, version)
+        try:
+            for partition in range(parts):
+                self._send(topic, None, reason.encode()[:1000], partition, headers, report)
+            announce(self._producer, store, version, State.ABORTED, reasons=[reason])
+            self._flush(report, f"abort {topic}", timeout_s=ABORT_TIMEOUT_S)
+        except PushError as e:
+            log.error(
+                "could not mark %s aborted (%s): run `tandem versions abort %s %s`",
+                topic,
+                e,
+                store,
+                version,
+            )
+
+    def _push(
+        self,
+        store: str,
+        version: int,
+        topic: str,
+        parts: int,
+        rows: Iterable[CandidateList],
+        metadata: dict[str, Any] | None,
+        attachments: dict[str, bytes] | None,
+        on_record: Callable[[], object] | None,
+    ) -> PushResult:
+        started = time.perf_counter()
         result = PushResult(
             store, version, topic, parts, [0] * parts, [0] * parts, metadata=metadata or {}
         )

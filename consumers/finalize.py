@@ -64,7 +64,11 @@ class Finalizer:
         if info is None or info.state not in UNDECIDED:
             return None
         writer = VersionWriter(self._redis, self._keys, store, version, 0)
-        result = verify(await writer.load_all(), info.partitions)
+        progress = await writer.load_all()
+        aborted = sorted({p.aborted for p in progress.values() if p.aborted is not None})
+        if aborted:
+            return await self._admin.abort(store, version, aborted)
+        result = verify(progress, info.partitions)
         if not result.complete:
             return None
         if result.reasons:

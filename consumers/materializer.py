@@ -85,10 +85,17 @@ class Materializer:
                     last_activity = time.monotonic()
                 elif self._idle(last_activity):
                     await self._decide_pending()
-                    if not await self._finalizer.pending():
+                    stalled = await self._finalizer.pending()
+                    if stalled:  # nothing arrived for them either: their pushes did not finish
+                        log.warning(
+                            "idle for %.1f s with incomplete versions %s (a failed push? "
+                            "`tandem versions abort STORE VERSION` cleans one up): stopping",
+                            self._options.until_idle_s,
+                            ", ".join(f"{s} v{v}" for s, v in stalled),
+                        )
+                    else:
                         log.info("idle for %.1f s: stopping", self._options.until_idle_s)
-                        return
-                    last_activity = time.monotonic()
+                    return
         finally:
             await polling
             await self.close()
@@ -121,7 +128,7 @@ class Materializer:
                 continue
             store, version = parsed
             progress = await self._sink.apply(store, version, partition, batch)
-            if progress.ended:
+            if progress.closed:
                 finished.add((store, version))
         self._commit(polled.batches)
         for store, version in finished:

@@ -136,7 +136,7 @@ async def _read_all(
             progress = await sink.apply(store, version, partition, batch)
             if on_progress is not None:
                 on_progress(len(batch))
-            if progress.ended:
+            if progress.closed:
                 waiting.discard(partition)
         missing = {p for _, p in polled.at_end} & waiting
         if missing:

@@ -64,12 +64,17 @@ def plan_batch(before: PartitionProgress, messages: Sequence[Record]) -> Plan:
     start: StartOfPush | None = None
     end: EndOfPush | None = None
     attachments: list[tuple[str, bytes]] = []
-    sealed = before.ended
+    aborted: str | None = None
+    sealed = before.closed
     for msg in messages:
         try:
             kind = control_kind(msg.headers)
             if sealed:
-                raise ValidationError(SEALED, "the partition's END_OF_PUSH came first")
+                raise ValidationError(SEALED, "the partition's END_OF_PUSH (or abort) came first")
+            if kind is Control.ABORT_PUSH:
+                aborted = (msg.value or b"").decode(errors="replace") or "the push was aborted"
+                sealed = True
+                continue
             if kind is Control.START_OF_PUSH:
                 start = StartOfPush.decode(msg.value)
             elif kind is Control.END_OF_PUSH:
@@ -89,6 +94,8 @@ def plan_batch(before: PartitionProgress, messages: Sequence[Record]) -> Plan:
         after = replace(after, started=True)
     if end is not None:
         after = replace(after, eop_count=end.count, eop_checksum=end.checksum)
+    if aborted is not None:
+        after = replace(after, aborted=aborted)
     return Plan(replace(after, dlq=before.dlq + len(dead)), entries, dead, start, attachments)
 
 

@@ -13,7 +13,7 @@ from tandem.contracts import topics
 from tandem.contracts.codec import decode
 from tandem.contracts.kafka import admin
 from tandem.contracts.settings import Settings
-from tandem.contracts.versions import State, announce
+from tandem.contracts.versions import IN_SERVICE, State, announce
 from tandem.store.exceptions import StoreError
 from tandem.store.keys import Keys
 from tandem.store.lifecycle import Lifecycle
@@ -113,6 +113,19 @@ class VersionAdmin:
         announce(self._announcer, store, live, State.LIVE, rolled_back_from=rolled_back)
         self._announcer.poll(0)
         return rolled_back, live
+
+    async def abort(self, store: str, version: int, reasons: list[str]) -> VersionInfo:
+        """Mark a version whose push failed aborted, delete what Redis holds of it and announce
+        it. A version in service is refused."""
+        info = await self.show(store, version)
+        if info.state in IN_SERVICE:
+            raise StoreError(f"{store} v{version} is {info.state.value}: roll back first")
+        dropped = await self.lifecycle.drop(store, version)
+        info = await self.lifecycle.registry.update(store, version, State.ABORTED, reasons=reasons)
+        announce(self._announcer, store, version, State.ABORTED, reasons=reasons)
+        self._announcer.poll(0)
+        log.warning("%s v%s aborted (%s); %d keys deleted", store, version, reasons, dropped)
+        return info
 
     async def retire(
         self, store: str, keep: int | None = None, *, delete_topics: bool = False

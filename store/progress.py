@@ -26,11 +26,17 @@ class PartitionProgress:
     started: bool = False
     eop_count: int | None = None
     eop_checksum: int | None = None
+    aborted: str | None = None  # the reason an ABORT_PUSH gave
 
     @property
     def ended(self) -> bool:
         """Whether this partition's END_OF_PUSH has been read."""
         return self.eop_count is not None
+
+    @property
+    def closed(self) -> bool:
+        """Whether nothing more is to be applied: the partition ended or its push was aborted."""
+        return self.ended or self.aborted is not None
 
     def mismatch(self) -> str | None:
         """Why the applied records differ from the END_OF_PUSH promise, or None."""

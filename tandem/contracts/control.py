@@ -41,6 +41,7 @@ class Control(StrEnum):
     START_OF_PUSH = "start_of_push"
     END_OF_PUSH = "end_of_push"
     ATTACHMENT = "attachment"  # a named blob that goes live with the version (model, categories)
+    ABORT_PUSH = "abort_push"  # the push failed: the version never goes live (value: the reason)
 
 
 def record_headers(store: str, version: int) -> Headers:

@@ -169,6 +169,23 @@ def versions_rollback(ctx: click.Context, store: str) -> None:
     click.echo(f"{store}: rolled back from v{rolled_back} to v{live}")
 
 
+@versions.command("abort")
+@click.argument("store")
+@click.argument("version")
+@click.option(
+    "--reason",
+    default="aborted by the operator",
+    show_default=True,
+    help="Recorded in the registry and on tandem.versions.",
+)
+@click.pass_context
+def versions_abort(ctx: click.Context, store: str, version: str, reason: str) -> None:
+    """Mark a version whose push never finished aborted and delete what Redis holds of it."""
+    number = check_version(version.lstrip("v"))
+    info = _with_admin(settings_of(ctx), lambda admin: admin.abort(store, number, [reason]))
+    click.echo(f"{store} v{info.version}: {info.state.value} ({'; '.join(info.reasons)})")
+
+
 @versions.command("retire")
 @click.argument("store")
 @click.option(

@@ -21,6 +21,7 @@ from tandem.shell.processes import environment
 from tandem.store.keys import Keys
 from tandem.store.registry import Registry
 from tandem.store.writer import VersionWriter
+from tests.consumers.pushes import good_records, raw_push
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration
@@ -120,3 +121,23 @@ def test_bad_input_file_is_refused_naming_the_line(
     unknown = tandem(store_settings, "publish", "nosuchstore", "--synthetic", "5")
     assert unknown.returncode == 2
     assert "TANDEM_STORES" in unknown.stderr
+
+
+async def test_until_idle_ends_beside_an_unfinished_push_the_operator_aborts(
+    store_settings: Settings, store: str, redis: Redis, keys: Keys
+) -> None:
+    version = raw_push(store_settings, store, good_records(20), end=False)
+    run = tandem(store_settings, "materialize", "--until-idle", "1", timeout_s=90)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert f"incomplete versions {store} v{version}" in run.stderr
+    info = await Registry(redis, keys).get(store, version)
+    assert info is not None
+    assert info.state is State.INGESTING
+    out = tandem(store_settings, "versions", "abort", store, str(version))
+    assert out.returncode == 0, out.stderr
+    assert f"{store} v{version}: aborted (aborted by the operator)" in out.stdout
+    info = await Registry(redis, keys).get(store, version)
+    assert info is not None
+    assert info.state is State.ABORTED
+    for pattern in keys.version_patterns(store, version):
+        assert [k async for k in redis.scan_iter(match=pattern)] == []

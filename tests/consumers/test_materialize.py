@@ -13,7 +13,7 @@ from tandem.batch.publish import Publisher
 from tandem.contracts import topics
 from tandem.contracts.codec import encode
 from tandem.contracts.control import record_headers
-from tandem.contracts.kafka import make_producer
+from tandem.contracts.kafka import admin, make_producer
 from tandem.contracts.schemas import CandidateList
 from tandem.contracts.settings import Settings
 from tandem.contracts.versions import State
@@ -82,6 +82,23 @@ async def test_failed_gate_keeps_old_version_live(
     assert await Lifecycle(redis, keys).live(store) == first.version
 
 
+async def topics_of(settings: Settings, store: str) -> list[int]:
+    """The versions of ``store`` that have a topic."""
+    listed = await asyncio.to_thread(lambda: admin(settings).list_topics(timeout=10).topics)
+    return [
+        parsed[1]
+        for name in listed
+        if (parsed := topics.parse_version_topic(name)) is not None and parsed[0] == store
+    ]
+
+
+async def state_is(
+    redis: Redis, keys: Keys, store: str, version: int, state: State
+) -> VersionInfo | None:
+    info = await Registry(redis, keys).get(store, version)
+    return info if info is not None and info.state is state else None
+
+
 async def test_push_without_end_of_push_never_goes_live(
     store_settings: Settings, store: str, redis: Redis, keys: Keys
 ) -> None:
@@ -91,15 +108,22 @@ async def test_push_without_end_of_push_never_goes_live(
 
     with Publisher(store_settings) as publisher, pytest.raises(RuntimeError):
         publisher.publish(store, dies_midway(), partitions=2)  # type: ignore[arg-type]
+    died = max(await topics_of(store_settings, store))
     unended = raw_push(store_settings, store, good_records(20), end=False)
     lying = raw_push(store_settings, store, good_records(20), count_delta=1)
     async with materializing(store_settings):
         info = await decided(redis, keys, store, lying)
+        aborted = await wait_for(
+            lambda: state_is(redis, keys, store, died, State.ABORTED), 30, "the abort"
+        )
         pending = await Registry(redis, keys).get(store, unended)
     assert info.state is State.REJECTED
     assert any("count 20 != pushed 21" in r for r in info.reasons)
+    assert aborted.reasons == ("RuntimeError: batch job killed",)
+    for pattern in keys.version_patterns(store, died):  # what was written of it is gone
+        assert [k async for k in redis.scan_iter(match=pattern)] == []
     assert pending is not None
-    assert pending.state is State.INGESTING
+    assert pending.state is State.INGESTING  # no END_OF_PUSH and no abort: the operator's call
     assert await Lifecycle(redis, keys).live(store) is None
 
 
