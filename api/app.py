@@ -61,7 +61,7 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
 
 
 def _problem(error: ApiError) -> web.Response:
-    body = {"error": str(error), "field": error.field, "index": error.index}
+    body = {"error": str(error), "field": error.field, "index": error.index, **error.details}
     headers = {"Retry-After": "1"} if error.retriable else None
     return web.Response(
         body=orjson.dumps(body),

@@ -14,10 +14,18 @@ class ApiError(TandemError):
 
     status = 500
 
-    def __init__(self, message: str, *, field: str | None = None, index: int | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        index: int | None = None,
+        details: dict[str, object] | None = None,
+    ):
         super().__init__(message)
         self.field = field
         self.index = index
+        self.details = details or {}
 
 
 class BadRequest(ApiError):

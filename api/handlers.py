@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import time
 
 import orjson
@@ -21,14 +22,18 @@ from tandem.api.exceptions import (
 )
 from tandem.api.keys import ADMIN, OUTCOME, PRODUCER, REDIS, SERVICE, SETTINGS
 from tandem.api.openapi import document
+from tandem.api.producer import AsyncProducer
 from tandem.contracts.domain import DEVICES
 from tandem.contracts.exceptions import ValidationError
 from tandem.contracts.ids import check_id, check_store
-from tandem.contracts.schemas import parse_event
+from tandem.contracts.schemas import Event, parse_event
 from tandem.store.exceptions import RollbackRefused
+
+log = logging.getLogger(__name__)
 
 MAX_K = 200
 MAX_EVENTS = 1000
+EVENTS_ACK_TIMEOUT_S = 5.0
 
 
 def _json(body: object, status: int = 200) -> web.Response:
@@ -76,17 +81,44 @@ async def post_events(request: web.Request) -> web.Response:
             events.append(parse_event(item, now_ms))
         except ValidationError as e:
             raise BadRequest(f"event {index}: {e}", field=e.field, index=index) from e
-    producer = request.app[PRODUCER]
-    acks = [producer.send_event(event.user_id, event.to_json()) for event in events]
-    results = await asyncio.gather(*acks, return_exceptions=True)
-    failed = [r for r in results if isinstance(r, BaseException)]
-    if failed:
+    acks = await _acknowledged(request.app[PRODUCER], events)
+    accepted = [e.event_id for e, ok in zip(events, acks, strict=True) if ok]
+    if len(accepted) < len(events):
+        unconfirmed = [e.event_id for e, ok in zip(events, acks, strict=True) if not ok]
+        metrics.EVENTS.inc(len(accepted))
         raise Unavailable(
-            f"{len(failed)} of {len(events)} events were not acknowledged by the "
-            f"broker; none should be considered accepted ({failed[0]})"
+            f"{len(unconfirmed)} of {len(events)} events were not acknowledged by the broker "
+            f"within {EVENTS_ACK_TIMEOUT_S:g} s; they may still arrive: send them again with the "
+            "same event_id (a repeated event_id is counted once)",
+            details={"accepted_event_ids": accepted, "unconfirmed_event_ids": unconfirmed},
         )
     metrics.EVENTS.inc(len(events))
-    return _json({"accepted": len(events), "event_ids": [e.event_id for e in events]}, 202)
+    return _json({"accepted": len(events), "event_ids": accepted}, 202)
+
+
+async def _acknowledged(producer: AsyncProducer, events: list[Event]) -> list[bool]:
+    """Send ``events``; which of them the broker acknowledged within the answer's bound."""
+    futures: list[asyncio.Future[None]] = []
+    try:
+        for event in events:
+            futures.append(producer.send_event(event.user_id, event.to_json()))  # noqa: PERF401 - keep what was queued before a refusal
+    except Unavailable as e:
+        log.warning("events not queued: %s", e)
+    if futures:
+        await asyncio.wait(futures, timeout=EVENTS_ACK_TIMEOUT_S)
+    acks = []
+    for future in futures:
+        if future.done():
+            acks.append(future.exception() is None)
+        else:  # the producer keeps it; whatever happens later is only logged
+            acks.append(False)
+            future.add_done_callback(_settled_late)
+    return acks + [False] * (len(events) - len(futures))
+
+
+def _settled_late(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("an event answered with 503 was not delivered: %s", future.exception())
 
 
 def _require_admin(request: web.Request) -> None:

@@ -12,7 +12,12 @@ from tandem.contracts import topics
 from tandem.contracts.kafka import make_producer
 from tandem.contracts.settings import Settings
 
-DELIVERY_TIMEOUT_MS = 5000
+# librdkafka gives up on a message after this long. Keep it well above a broker failover: when
+# messages expire, the idempotent producer bumps its epoch and resends batches that may already
+# be written, under new sequence numbers the broker cannot recognise as duplicates (seen with a
+# 5 s timeout and a 4-7 s failover: acknowledged events written twice). The HTTP answer has its
+# own, shorter bound (``EVENTS_ACK_TIMEOUT_S`` in handlers).
+DELIVERY_TIMEOUT_MS = 120_000
 
 
 class AsyncProducer:

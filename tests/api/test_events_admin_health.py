@@ -168,9 +168,13 @@ async def test_broker_stopped_gives_503(
         assert (await client.post("/v1/events", data=orjson.dumps(event))).status == 202
         owned.stop_broker()
         started = time.perf_counter()
-        status, body = await call(client, "POST", "/v1/events", data=orjson.dumps([event] * 3))
+        ids = [f"e{n}-{uuid.uuid4().hex[:6]}" for n in range(3)]
+        batch = [{**event, "event_id": i} for i in ids]
+        status, body = await call(client, "POST", "/v1/events", data=orjson.dumps(batch))
         assert status == 503
         assert "not acknowledged" in body["error"]
+        assert "same event_id" in body["error"]  # a retry is safe: it is counted once
+        assert (body["accepted_event_ids"], body["unconfirmed_event_ids"]) == ([], ids)
         assert time.perf_counter() - started < 10
 
 
