@@ -6,11 +6,14 @@ import asyncio
 import logging
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 import faust
 from faust.types import EventT, StreamT
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from tandem.contracts import topics
 from tandem.contracts.control import dlq_headers
@@ -23,6 +26,7 @@ from tandem.contracts.versions import State, VersionRecord
 from tandem.store.connect import connect
 from tandem.store.keys import Keys
 from tandem.streams import metrics
+from tandem.streams.exceptions import RedisUnavailable
 from tandem.streams.mirror import RedisMirror
 from tandem.streams.transport import TandemApp
 from tandem.streams.trending import TrendingCounts
@@ -43,7 +47,13 @@ class WorkerOptions:
     store_url: str = "memory://"
     # None: chosen by the broker (see ``changelog_batching``).
     changelog_batch_bytes: int | None = None
+    # How long a Redis outage is ridden out (writes retried) before the worker gives up.
+    redis_outage_s: float = 60.0
 
+
+RETRY_FIRST_S = 0.1
+RETRY_MAX_S = 2.0
+T = TypeVar("T")
 
 TANSU_CHANGELOG_BATCH_BYTES = 1
 CHANGELOG_BATCH_BYTES = 65_536
@@ -205,17 +215,47 @@ class StreamWorker:
         metrics.DEAD.labels(reason.split(":", 1)[0][:40]).inc()
 
     async def flush(self) -> None:
-        """Write queued sessions (and epoch bumps) to Redis in one pipeline."""
+        """Write queued sessions (and epoch bumps) to Redis in one pipeline, retrying through a
+        Redis outage; a session leaves the queue only once written (unless a newer one of the
+        same user replaced it meanwhile, which the next flush writes)."""
         async with self._flush_lock:
             if not self.pending:
                 return
-            batch, self.pending = self.pending, {}
+            batch = dict(self.pending)
             with metrics.FLUSH_SECONDS.time():
-                await self.mirror.write_sessions(batch)
+                await self._retrying("the session mirror", self.mirror.write_sessions, batch)
+            for user, encoded in batch.items():
+                if self.pending.get(user) is encoded:
+                    del self.pending[user]
 
     async def flush_trending(self) -> None:
-        """Add the counts since the last flush to Redis and refresh the top items."""
-        await self.mirror.write_trending(self.trending.drain())
+        """Add the counts since the last flush to Redis and refresh the top items; counts that
+        could not be written go back to be written with the next flush."""
+        counts = self.trending.drain()
+        try:
+            await self._retrying("trending", self.mirror.write_trending, counts)
+        except RedisUnavailable:
+            self.trending.restore(counts)
+            raise
+
+    async def _retrying(self, what: str, write: Callable[[T], Awaitable[None]], payload: T) -> None:
+        """``write(payload)`` until it succeeds, backing off; after ``redis_outage_s`` without
+        success, :class:`RedisUnavailable` (the worker then stops, and exits non-zero)."""
+        deadline = time.monotonic() + self.options.redis_outage_s
+        delay = RETRY_FIRST_S
+        while True:
+            try:
+                await write(payload)
+                return
+            except (RedisError, OSError) as e:
+                if time.monotonic() + delay > deadline:
+                    raise RedisUnavailable(
+                        f"Redis did not take {what} for {self.options.redis_outage_s:g} s: {e}"
+                    ) from e
+                metrics.REDIS_RETRIES.inc()
+                log.warning("writing %s failed (%s); retrying in %.1f s", what, e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
 
     async def refresh_categories(self) -> None:
         """Reload item categories published by the batch stage."""

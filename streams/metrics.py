@@ -12,4 +12,7 @@ FLUSH_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
 )
 DUPLICATES = Counter("tandem_worker_duplicate_events_total", "Re-delivered events skipped")
+REDIS_RETRIES = Counter(
+    "tandem_worker_redis_retries_total", "Redis writes retried during an outage"
+)
 EPOCH_BUMPS = Counter("tandem_worker_global_epoch_bumps_total", "Cutovers seen on tandem.versions")

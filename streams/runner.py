@@ -13,8 +13,12 @@ from faust.contrib.asgi import faust_app_running
 from tandem.contracts.kafka import admin, create_topics, ensure_base_topics
 from tandem.contracts.settings import Settings
 from tandem.streams.app import StreamWorker, WorkerOptions, changelog_batching, changelog_topic
+from tandem.streams.exceptions import WorkerCrashed
 
 log = logging.getLogger(__name__)
+
+CRASH_CHECK_S = 0.5
+STOP_TIMEOUT_S = 8.0  # a worker told to stop is gone within 10 s
 
 
 def prepare_topics(settings: Settings, options: WorkerOptions) -> None:
@@ -44,7 +48,7 @@ async def running(settings: Settings, options: WorkerOptions) -> AsyncIterator[S
     options = changelog_batching(settings, options)
     worker = StreamWorker(settings, options)
     try:
-        async with faust_app_running(worker.app, stop_timeout=15):
+        async with faust_app_running(worker.app, stop_timeout=STOP_TIMEOUT_S):
             await worker.refresh_categories()
             yield worker
     finally:
@@ -52,7 +56,17 @@ async def running(settings: Settings, options: WorkerOptions) -> AsyncIterator[S
 
 
 async def run_until(settings: Settings, options: WorkerOptions, stop: asyncio.Event) -> None:
-    """Run the worker until ``stop`` is set."""
-    async with running(settings, options):
+    """Run the worker until ``stop`` is set; raise :class:`WorkerCrashed` if the Faust app
+    stops by itself (a process that cannot do its job exits, it never stays alive and idle)."""
+    async with running(settings, options) as worker:
         log.info("stream worker %s running", options.app_id)
-        await stop.wait()
+        app = worker.app
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            while not stopping.done():
+                await asyncio.wait([stopping], timeout=CRASH_CHECK_S)
+                if app.crashed or app.should_stop:
+                    reason = app.crash_reason or "it stopped"
+                    raise WorkerCrashed(f"the stream worker stopped by itself: {reason!r}")
+        finally:
+            stopping.cancel()

@@ -41,6 +41,11 @@ class TrendingCounts:
         for segment in segments_of(event):
             self.pending.setdefault((segment, window), Counter())[event.item_id] += 1
 
+    def restore(self, taken: dict[tuple[str, int], Counter[str]]) -> None:
+        """Put back counts that could not be written (added to any counted since)."""
+        for key, counts in taken.items():
+            self.pending.setdefault(key, Counter()).update(counts)
+
     def drain(self) -> dict[tuple[str, int], Counter[str]]:
         """Take every pending count (the caller writes them)."""
         taken, self.pending = self.pending, {}

@@ -30,6 +30,13 @@ from tandem.shell.clictx import metrics_port_option, run_until_signal, serve_met
     help="Producer batch size of the changelog [1 on Tansu, 65536 on Apache Kafka] "
     "(streams/app.py explains the trade-off).",
 )
+@click.option(
+    "--redis-outage-s",
+    default=60,
+    show_default=True,
+    type=click.IntRange(1, 3600),
+    help="How long Redis writes are retried before the worker gives up and exits non-zero.",
+)
 @metrics_port_option
 @click.pass_context
 def worker(
@@ -37,6 +44,7 @@ def worker(
     app_id: str,
     session_gap_s: int,
     changelog_batch_bytes: int | None,
+    redis_outage_s: int,
     metrics_port: int | None,
 ) -> None:
     """Run the stream worker: sessions, trending and cache invalidation into Redis."""
@@ -48,6 +56,7 @@ def worker(
         app_id=app_id,
         session=SessionPolicy(gap_ms=session_gap_s * 1000),
         changelog_batch_bytes=changelog_batch_bytes,
+        redis_outage_s=redis_outage_s,
     )
     serve_metrics(metrics_port, settings_of(ctx).metrics_host)
 
