@@ -101,12 +101,18 @@ def is_tansu(settings: Settings, timeout_s: float = 10.0) -> bool:
     return bool(found.cluster_id == TANSU_CLUSTER_ID)
 
 
-def existing_topics(client: AdminClient, timeout_s: float = 10.0) -> set[str]:
+METADATA_TIMEOUT_S = 5.0
+
+
+def existing_topics(client: AdminClient, timeout_s: float = METADATA_TIMEOUT_S) -> set[str]:
     """Names of the topics the cluster has."""
     try:
         return set(client.list_topics(timeout=timeout_s).topics)
     except KafkaException as e:
-        raise ServiceError(f"Kafka metadata request failed: {e}") from e
+        raise ServiceError(
+            f"Kafka did not answer a metadata request within {timeout_s:g} s ({e.args[0].str()}): "
+            "is it running? Start one with `tandem dev up`, or point TANDEM_KAFKA at yours"
+        ) from e
 
 
 def create_topics(client: AdminClient, wanted: list[NewTopic], timeout_s: float = 15.0) -> None:

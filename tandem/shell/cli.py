@@ -16,26 +16,62 @@ from tandem.shell.stream_commands import events, worker
 
 log = logging.getLogger(__name__)
 
+VERBOSE = "tandem.verbose"
+
 
 class TandemGroup(click.Group):
-    """Turns tandem errors into one clear line and a non-zero exit code."""
+    """Turns operational errors into one line saying what failed and what to do, and a non-zero
+    exit code; ``-v`` adds the traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except ConfigError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(2)
+            _fail(ctx, f"error: {e}", 2, e)
         except TandemError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(1)
+            _fail(ctx, f"error: {e}", 1, e)
+        except Exception as e:  # a client library's error: explained when it is one we know
+            explained = _explain(ctx, e)
+            if explained is None:
+                raise
+            _fail(ctx, f"error: {explained}", 1, e)
+
+
+def _fail(ctx: click.Context, message: str, code: int, error: BaseException) -> None:
+    if ctx.meta.get(VERBOSE, 0) > 0:
+        log.error("%s", message, exc_info=error)
+    click.echo(message, err=True)
+    sys.exit(code)
+
+
+def _explain(ctx: click.Context, error: Exception) -> str | None:
+    """One line for the errors of the Redis and Kafka clients: what failed and what to do."""
+    module = type(error).__module__
+    settings = ctx.find_root().obj
+    reason = str(error).rstrip(".")
+    if module.startswith("redis"):
+        where = settings.redis_url_redacted() if settings is not None else "the configured Redis"
+        return (
+            f"Redis at {where} failed: {reason}. Is it running? Start one with "
+            "`tandem dev up`, or point TANDEM_REDIS_URL (--redis-url) at yours."
+        )
+    if module.startswith(("confluent_kafka", "cimpl")):
+        where = settings.kafka if settings is not None else "the configured brokers"
+        return (
+            f"Kafka at {where} failed: {reason}. Is it running? Start one with "
+            "`tandem dev up`, or point TANDEM_KAFKA (--kafka) at yours."
+        )
+    return None
 
 
 @click.group(cls=TandemGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--kafka", help="Kafka bootstrap servers [env TANDEM_KAFKA; 127.0.0.1:9092]")
 @click.option("--redis-url", help="Redis URL [env TANDEM_REDIS_URL; redis://127.0.0.1:6379/0]")
 @click.option("--prefix", "key_prefix", help="Redis key prefix [env TANDEM_KEY_PREFIX; tandem]")
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option(
+    "-v", "--verbose", count=True, help="More log output: -v info and tracebacks, -vv debug."
+)
+@click.option("-q", "--quiet", is_flag=True, help="Errors only.")
 @click.version_option(package_name="tandem")
 @click.pass_context
 def main(
@@ -44,14 +80,19 @@ def main(
     redis_url: str | None,
     key_prefix: str | None,
     verbose: int,
+    quiet: bool,
 ) -> None:
     """tandem: two-stage recommendation serving.
 
     Batch predictions are published as versions on Kafka, materialized into Redis, validated
     and flipped live atomically; the online API re-ranks them with fresh session context.
     """
-    level = logging.WARNING - 10 * min(verbose + 1, 2)
+    ctx.meta[VERBOSE] = verbose
+    level = logging.ERROR if quiet else logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # librdkafka reports every failed connection attempt; the error that ends the command says
+    # what matters, so its own lines show with -v only.
+    logging.getLogger("librdkafka").setLevel(level if verbose else logging.CRITICAL)
     try:
         from tandem.contracts.settings import Settings
 

@@ -1,0 +1,71 @@
+"""Everyday mistakes get one line that says what failed and what to do, fast, and no traceback."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tandem.shell import devservices
+
+
+def tandem(env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "tandem", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return result, time.monotonic() - started
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "says"),
+    [
+        (
+            {"TANDEM_REDIS_URL": "redis://127.0.0.1:{port}/0"},
+            ("versions", "list", "u2i"),
+            "Redis at redis://127.0.0.1:{port}/0 failed",
+        ),
+        (
+            {"TANDEM_KAFKA": "127.0.0.1:{port}"},
+            ("publish", "u2i", "--synthetic", "10"),
+            "Kafka did not answer a metadata request within 5 s",
+        ),
+        ({"TANDEM_REDIS_URL": "http://x"}, ("versions", "list", "u2i"), "TANDEM_REDIS_URL"),
+        ({"TANDEM_KAFKA": "localhost"}, ("versions", "list", "u2i"), "TANDEM_KAFKA"),
+    ],
+)
+def test_unreachable_or_misconfigured_services(
+    env: dict[str, str], args: tuple[str, ...], says: str, tmp_path: Path
+) -> None:
+    port = str(devservices.free_port())  # nothing listens there
+    given = {name: value.replace("{port}", port) for name, value in env.items()}
+    result, took_s = tandem({**given, "TANDEM_STATE_DIR": str(tmp_path)}, *args)
+    assert result.returncode != 0
+    assert took_s < 10
+    assert "Traceback" not in result.stderr
+    assert re.search(r"^%\d\|", result.stderr, re.MULTILINE) is None, "a raw librdkafka line"
+    assert says.replace("{port}", port) in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_verbose_shows_the_traceback(tmp_path: Path) -> None:
+    port = str(devservices.free_port())
+    result, _ = tandem(
+        {"TANDEM_REDIS_URL": f"redis://127.0.0.1:{port}/0", "TANDEM_STATE_DIR": str(tmp_path)},
+        "-v",
+        "versions",
+        "list",
+        "u2i",
+    )
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr
