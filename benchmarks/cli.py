@@ -18,7 +18,7 @@ from benchmarks import (
     store_bench,
 )
 from tandem.contracts.settings import Settings
-from tandem.shell.clictx import settings_of
+from tandem.shell.clictx import broker_option, settings_of
 from tandem.shell.processes import environment
 
 RESULTS = Path("benchmarks/RESULTS.md")
@@ -41,13 +41,7 @@ write_option = click.option(
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--broker",
-    type=click.Choice(["auto", "kafka", "tansu"]),
-    default="auto",
-    show_default=True,
-    help="The broker started when TANDEM_KAFKA does not answer (auto: Kafka where Java is).",
-)
+@broker_option
 @click.pass_context
 def bench(ctx: click.Context, broker: str) -> None:
     """Benchmarks; each prints tandem's figures beside a baseline measured in the same run.

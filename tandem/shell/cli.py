@@ -10,7 +10,7 @@ import click
 
 from tandem.contracts.exceptions import ConfigError, TandemError
 from tandem.shell.batch_commands import batch, data, publish
-from tandem.shell.clictx import settings_of
+from tandem.shell.clictx import broker_option, brokers_option, settings_of
 from tandem.shell.store_commands import materialize, replay, versions
 from tandem.shell.stream_commands import events, worker
 
@@ -108,21 +108,8 @@ def dev_group() -> None:
 
 
 @dev_group.command("up")
-@click.option(
-    "--broker",
-    type=click.Choice(["auto", "kafka", "tansu"]),
-    default="auto",
-    show_default=True,
-    help="Apache Kafka (fetched with Maven; needs Java 17+), the embedded Tansu, or Kafka where "
-    "Java is there.",
-)
-@click.option(
-    "--brokers",
-    type=click.IntRange(1, 5),
-    default=1,
-    show_default=True,
-    help="Kafka nodes (KRaft, each broker and controller); 3 gives replicated topics.",
-)
+@broker_option
+@brokers_option
 @click.option(
     "--redis-cluster",
     is_flag=True,
@@ -200,20 +187,8 @@ def serve(ctx: click.Context, host: str, port: int, workers: int) -> None:
     type=click.IntRange(50, 10**6),
     help="Items in the synthetic data set.",
 )
-@click.option(
-    "--broker",
-    type=click.Choice(["auto", "kafka", "tansu"]),
-    default="auto",
-    show_default=True,
-    help="Apache Kafka (needs Java 17+ and Maven), Tansu, or Kafka where Java is there.",
-)
-@click.option(
-    "--brokers",
-    type=click.IntRange(1, 5),
-    default=1,
-    show_default=True,
-    help="Kafka nodes; 3 gives topics with three replicas and min.insync.replicas=2.",
-)
+@broker_option
+@brokers_option
 @click.option("--redis-cluster", is_flag=True, help="A six-node Redis Cluster instead of one.")
 @click.option("--keep", is_flag=True, help="Leave the broker and Redis running at the end.")
 @click.pass_context

@@ -13,6 +13,23 @@ if TYPE_CHECKING:
 
     from tandem.contracts.settings import Settings
 
+broker_option = click.option(
+    "--broker",
+    type=click.Choice(["auto", "kafka", "tansu"]),
+    default="auto",
+    show_default=True,
+    help="The broker to start: Apache Kafka (fetched with Maven; needs Java 17+), the embedded "
+    "Tansu, or auto (Kafka where Java is there).",
+)
+brokers_option = click.option(
+    "--brokers",
+    type=click.IntRange(1, 5),
+    default=1,
+    show_default=True,
+    help="Kafka nodes (KRaft, each broker and controller); 3 gives topics with three replicas "
+    "and min.insync.replicas=2.",
+)
+
 metrics_port_option = click.option(
     "--metrics-port",
     type=click.IntRange(1, 65535),
