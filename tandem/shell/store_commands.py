@@ -10,7 +10,6 @@ import click
 import orjson
 
 from tandem.contracts.ids import check_version
-from tandem.contracts.kafka import make_producer
 from tandem.shell.clictx import metrics_port_option, run_until_signal, serve_metrics, settings_of
 
 if TYPE_CHECKING:
@@ -25,6 +24,7 @@ def _with_admin(settings: Settings, job: Callable[[VersionAdmin], Awaitable[T]])
     """Run ``job`` with the version-admin service; lifecycle records are flushed at the end."""
     import asyncio
 
+    from tandem.contracts.kafka import make_producer
     from tandem.store.admin import VersionAdmin
     from tandem.store.connect import connect
 
