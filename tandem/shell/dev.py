@@ -73,11 +73,13 @@ def up(
     """Start whatever of broker and Redis does not answer yet; harmless when run twice."""
     (khost, kport), (rhost, rport) = _addresses(settings)
     started = _load(settings.state_dir)
-    if not devservices.redis_answers(rhost, rport):
-        started["redis"] = _start_redis(settings.state_dir, rport, redis_cluster)
-    if not devservices.kafka_answers(f"{khost}:{kport}"):
-        started["broker"] = _start_broker(settings.state_dir, kport, broker, brokers)
-    _save(settings.state_dir, started)
+    try:  # recorded even when the next one fails, so `down` stops what did start
+        if not devservices.redis_answers(rhost, rport):
+            started["redis"] = _start_redis(settings.state_dir, rport, redis_cluster)
+        if not devservices.kafka_answers(f"{khost}:{kport}"):
+            started["broker"] = _start_broker(settings.state_dir, kport, broker, brokers)
+    finally:
+        _save(settings.state_dir, started)
     replicas = started.get("broker", {}).get("nodes", 1)
     ensure_base_topics(settings.model_copy(update={"replication_factor": min(3, replicas)}))
     return status(settings)
@@ -117,13 +119,8 @@ def _start_broker(state_dir: Path, port: int, kind: str, nodes: int) -> dict[str
             "pids": [service.pid],
             "label": f"Tansu {devservices.TANSU_VERSION}",
         }
-    from tandem.shell import kafka_broker
-
     ports = [port, *(devservices.free_port() for _ in range(nodes - 1))]
-    try:
-        cluster = kafka_broker.start_kafka(state_dir / "kafka", nodes=nodes, ports=ports)
-    except kafka_broker.BrokerError as e:
-        raise ServiceError(str(e)) from e
+    cluster = devservices.start_kafka_nodes(state_dir / "kafka", nodes, ports)
     return {
         "kind": "kafka",
         "version": cluster.version,

@@ -275,6 +275,20 @@ def choose_broker(kind: str) -> str:
     return "kafka"
 
 
+def start_kafka_nodes(state_dir: Path, nodes: int, ports: list[int] | None = None) -> KafkaCluster:
+    """Apache Kafka (one node or a KRaft cluster) on loopback, or one line saying what to
+    install where Java 17+ or Maven is missing."""
+    from tandem.shell import kafka_broker
+
+    problem = kafka_broker.java_problem()
+    if problem is not None:
+        raise ServiceError(problem)
+    try:
+        return kafka_broker.start_kafka(state_dir, nodes=nodes, ports=ports)
+    except kafka_broker.BrokerError as e:
+        raise ServiceError(str(e)) from e
+
+
 def start_private(
     state_dir: Path,
     *,
@@ -313,10 +327,7 @@ def _start_broker(services: PrivateServices, state_dir: Path, kind: str, nodes: 
     if kind == "kafka":
         from tandem.shell import kafka_broker
 
-        try:
-            cluster = kafka_broker.start_kafka(state_dir / "kafka", nodes=nodes)
-        except kafka_broker.BrokerError as e:
-            raise ServiceError(str(e)) from e
+        cluster = start_kafka_nodes(state_dir / "kafka", nodes)
         services.broker_stop = lambda: kafka_broker.stop_kafka(cluster)
         services.kafka_cluster = cluster
         services.kafka, services.broker_version = cluster.bootstrap, cluster.version

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +86,26 @@ def test_invalid_setting_fails_at_start_naming_the_variable(tmp_path: Path) -> N
     result = tandem(env, "dev", "status")
     assert result.returncode == 2
     assert "TANDEM_PARTITIONS" in result.stderr
+
+
+def test_kafka_without_java_says_what_to_install(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"  # a PATH with redis-server only: no java, no mvn
+    bin_dir.mkdir()
+    redis_server = shutil.which("redis-server")
+    assert redis_server is not None
+    (bin_dir / "redis-server").symlink_to(redis_server)
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "JAVA_HOME"},
+        "PATH": str(bin_dir),
+        "TANDEM_KAFKA": f"127.0.0.1:{devservices.free_port()}",
+        "TANDEM_REDIS_URL": f"redis://127.0.0.1:{devservices.free_port()}/0",
+        "TANDEM_STATE_DIR": str(tmp_path / "state"),
+    }
+    try:
+        result = tandem(env, "dev", "up", "--broker", "kafka")
+        assert result.returncode == 1
+        assert "Apache Kafka needs Java 17+" in result.stderr
+        assert "--broker tansu" in result.stderr
+        assert "Traceback" not in result.stderr
+    finally:
+        tandem(env, "dev", "down")
