@@ -107,7 +107,7 @@ async def _seed(settings: Settings, users: int) -> None:
         ("popular", ["global"]),
         ("i2i", []),
     ):
-        writer = VersionWriter(redis, keys, store, 1, 3600)
+        writer = VersionWriter(redis, keys, store, 1)
         for at in range(0, len(entities), 500):
             rows = []
             for entity in entities[at : at + 500]:

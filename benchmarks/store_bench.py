@@ -127,7 +127,7 @@ async def _throughput(call: object, entities: int, reads: int, in_flight: int = 
 
 
 async def _writes(redis: Redis, keys: Keys, rows: list[tuple[str, bytes]]) -> tuple[float, float]:
-    writer = VersionWriter(redis, keys, "u2i", 2, 3600)
+    writer = VersionWriter(redis, keys, "u2i", 2)
     start = time.perf_counter()
     for at in range(0, len(rows), BATCH):
         await writer.write(rows[at : at + BATCH])
@@ -149,7 +149,7 @@ async def run(settings: Settings, entities: int = 20_000, reads: int = 5000) -> 
     try:
         rows = [(f"u{n}", encode(*_value(n))) for n in range(entities)]
         writer_per_s, bare_per_s = await _writes(redis, keys, rows)
-        await VersionWriter(redis, keys, "u2i", 2, 3600).seal()
+        await VersionWriter(redis, keys, "u2i", 2).seal()
         await Lifecycle(redis, keys).promote("u2i", 2, expected=None)
         reader = OnlineReader(redis, keys)
         base = keys.version_root("u2i", 2)

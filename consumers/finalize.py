@@ -63,7 +63,7 @@ class Finalizer:
         info = await self.registry.get(store, version)
         if info is None or info.state not in UNDECIDED:
             return None
-        writer = VersionWriter(self._redis, self._keys, store, version, 0)
+        writer = VersionWriter(self._redis, self._keys, store, version)
         progress = await writer.load_all()
         aborted = sorted({p.aborted for p in progress.values() if p.aborted is not None})
         if aborted:
@@ -139,6 +139,7 @@ class Finalizer:
             store, version, State.REJECTED, reasons=reasons, count=count, checksum=checksum
         )
         VERSIONS.labels(store, State.REJECTED.value).inc()
+        await self.lifecycle.leave_service(store, version)
         log.warning(
             "%s v%s rejected, the live version stays: %s", store, version, "; ".join(reasons)
         )

@@ -138,10 +138,8 @@ class VersionSink:
         """The (cached) writer of one version."""
         found = self._writers.get((store, version))
         if found is None:
-            ttl_s = self._settings.policy(store).ttl_s
-            found = VersionWriter(
-                self._redis, self._keys, store, version, ttl_s, rebuild=self._rebuild
-            )
+            self._settings.policy(store)
+            found = VersionWriter(self._redis, self._keys, store, version, rebuild=self._rebuild)
             self._writers[(store, version)] = found
         return found
 

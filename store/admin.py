@@ -66,7 +66,8 @@ class VersionAdmin:
         self._announcer = announcer
         self._redis = redis
         self._keys = Keys(settings.key_prefix)
-        self.lifecycle = Lifecycle(redis, self._keys)
+        ttls = {store: policy.ttl_s for store, policy in settings.stores.items()}
+        self.lifecycle = Lifecycle(redis, self._keys, ttls)
 
     async def pointers(self, store: str) -> StoreVersions:
         """The live and backup versions of a configured store."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from redis.asyncio import Redis
 
@@ -25,11 +26,17 @@ def _version_or_none(raw: bytes | str | None) -> int | None:
 
 
 class Lifecycle:
-    """Moves versions of stores through live, backup and retired."""
+    """Moves versions of stores through live, backup and retired.
 
-    def __init__(self, redis: Redis, keys: Keys) -> None:
+    A version's keys have no TTL while it may serve (written, ingested, live, backup); when it
+    leaves service (superseded, rolled back, rejected) its keys get the store's TTL from
+    ``ttls`` (none when a store is not in it), and a version that comes back loses it again.
+    """
+
+    def __init__(self, redis: Redis, keys: Keys, ttls: Mapping[str, int] | None = None) -> None:
         self._redis = redis
         self._keys = keys
+        self._ttls = dict(ttls or {})
         self.registry = Registry(redis, keys)
         self._promote = redis.register_script(PROMOTE)
         self._rollback = redis.register_script(ROLLBACK)
@@ -76,6 +83,9 @@ class Lifecycle:
         previous = _version_or_none(current)
         if status == 0:
             raise PromoteConflict(store, expected, previous)
+        await self._keep(store, version)
+        for superseded in (v for v, s in states.items() if s is State.SUPERSEDED):
+            await self.leave_service(store, superseded)
         log.info("store %s: v%s is live (previous %s)", store, version, previous)
         return previous
 
@@ -107,6 +117,9 @@ class Lifecycle:
                 f"store {store}: the live or backup version changed during rollback; try again"
             )
         rolled_back = _version_or_none(current)
+        await self._keep(store, backup)
+        if rolled_back is not None:
+            await self.leave_service(store, rolled_back)
         log.warning("store %s: rolled back from v%s to v%s", store, rolled_back, backup)
         return rolled_back, backup
 
@@ -133,24 +146,41 @@ class Lifecycle:
             log.info("store %s: retired versions %s", store, retired)
         return retired
 
-    async def drop(self, store: str, version: int) -> int:
-        """Unlink every key of one version, scanning in chunks so Redis never blocks (on a
-        cluster the scan visits every master)."""
-        deleted = 0
+    async def leave_service(self, store: str, version: int) -> None:
+        """Give a version that no longer serves the store's TTL (nothing when none is known)."""
+        ttl_s = self._ttls.get(store)
+        if ttl_s is not None:
+            touched = await self._each_key(store, version, "EXPIRE", ttl_s)
+            log.info(
+                "store %s: v%s left service; %d keys expire in %d s", store, version, touched, ttl_s
+            )
+
+    async def _keep(self, store: str, version: int) -> None:
+        """Remove the TTL of a version that serves again (its progress says whether it has one)."""
+        if await self._redis.ttl(self._keys.progress(store, version)) >= 0:
+            await self._each_key(store, version, "PERSIST")
+
+    async def _each_key(self, store: str, version: int, command: str, *args: object) -> int:
+        touched = 0
         for pattern in self._keys.version_patterns(store, version):
             batch: list[bytes] = []
             async for key in self._redis.scan_iter(match=pattern, count=SCAN_COUNT):
                 batch.append(key)
                 if len(batch) >= SCAN_COUNT:
-                    deleted += await self._unlink(batch)
+                    touched += await self._per_key(command, batch, args)
                     batch = []
-            deleted += await self._unlink(batch)
-        return deleted
+            touched += await self._per_key(command, batch, args)
+        return touched
 
-    async def _unlink(self, keys: list[bytes]) -> int:
+    async def _per_key(self, command: str, keys: list[bytes], args: tuple[object, ...]) -> int:
         if not keys:
             return 0
         pipe = self._redis.pipeline(transaction=False)
-        for key in keys:  # one UNLINK each: the keys lie in different slots
-            pipe.execute_command("UNLINK", key)
-        return sum(await pipe.execute())
+        for key in keys:  # one command each: the keys lie in different slots
+            pipe.execute_command(command, key, *args)
+        return sum(1 for done in await pipe.execute() if done)
+
+    async def drop(self, store: str, version: int) -> int:
+        """Unlink every key of one version, scanning in chunks so Redis never blocks (on a
+        cluster the scan visits every master)."""
+        return await self._each_key(store, version, "UNLINK")

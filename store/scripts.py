@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-# KEYS: progress hash   ARGV: offset field, expected offset, ttl_s, new offset, state field,
-#                             state json
+# KEYS: progress hash   ARGV: offset field, expected offset, new offset, state field, state json
 # Advances a partition's progress only if its stored offset is the expected one (compare-and-set):
 # a batch applied twice (a crash before the Kafka commit, a zombie after a rebalance) is counted
 # once. The batch's values are written before it (the same bytes each time, so rewriting them
@@ -11,8 +10,7 @@ from __future__ import annotations
 ADVANCE = """
 local cur = redis.call('HGET', KEYS[1], ARGV[1]) or '-1'
 if cur ~= ARGV[2] then return {0, cur} end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[4], ARGV[5], ARGV[6])
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3], ARGV[4], ARGV[5])
 return {1, cur}
 """
 

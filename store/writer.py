@@ -15,7 +15,9 @@ from tandem.store.scripts import ADVANCE
 
 
 class VersionWriter:
-    """Writes one version of one store; every key gets the store's TTL.
+    """Writes one version of one store. Its keys get no TTL here: a version's data must not
+    expire while it is in service; :class:`Lifecycle` sets the store's TTL when the version leaves
+    service (superseded, rolled back, rejected).
 
     A batch's values are written first (one pipeline, spread over a cluster's nodes), then the
     partition's progress moves by compare-and-set, only if the stored progress is the one the
@@ -29,14 +31,12 @@ class VersionWriter:
         keys: Keys,
         store: str,
         version: int,
-        ttl_s: int,
         *,
         rebuild: bool = False,
     ) -> None:
         self._keys = keys
         self._store = store
         self._version = version
-        self._ttl_s = ttl_s
         # A rebuild (replay) counts into a progress of its own, beside the served one.
         self._progress_key = (
             keys.rebuild(store, version) if rebuild else keys.progress(store, version)
@@ -76,12 +76,11 @@ class VersionWriter:
         if entries:
             pipe = self._redis.pipeline(transaction=False)
             for entity, value in entries:
-                pipe.set(self._keys.entity_unchecked(self._root, entity), value, ex=self._ttl_s)
+                pipe.set(self._keys.entity_unchecked(self._root, entity), value)
             await pipe.execute()
         args: list[bytes | str | int] = [
             f"o:{partition}",
             str(before.offset),
-            self._ttl_s,
             str(after.offset),
             f"s:{partition}",
             after.to_json(),
@@ -107,10 +106,8 @@ class VersionWriter:
         return after
 
     async def put_attachment(self, name: str, value: bytes) -> None:
-        """Store a blob that goes live with the version (idempotent), with the version's TTL."""
-        await self._redis.set(
-            self._keys.attachment(self._store, self._version, name), value, ex=self._ttl_s
-        )
+        """Store a blob that goes live with the version (idempotent)."""
+        await self._redis.set(self._keys.attachment(self._store, self._version, name), value)
 
     async def discard(self) -> None:
         """Forget this writer's progress (a rebuild starting over)."""

@@ -47,7 +47,7 @@ async def put_version(
     promote: bool = True,
 ) -> None:
     """Write one version of ``store`` directly (no Kafka) and make it live."""
-    writer = VersionWriter(redis, keys, store, version, 3600)
+    writer = VersionWriter(redis, keys, store, version)
     await writer.write(
         [
             (entity, encode([i for i, _ in items], [s for _, s in items]))

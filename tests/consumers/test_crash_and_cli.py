@@ -41,7 +41,7 @@ def tandem(
 
 
 async def applied(redis: Redis, keys: Keys, store: str, version: int) -> int:
-    writer = VersionWriter(redis, keys, store, version, 60)
+    writer = VersionWriter(redis, keys, store, version)
     return sum(p.count for p in (await writer.load_all()).values())
 
 

@@ -76,7 +76,7 @@ async def test_two_materializers_share_and_hand_over(
 
         held = await wait_for(shared, 60, "both materializers to hold partitions of the version")
         assert sum(len(parts) for parts in held.values()) == PARTITIONS
-        writer = VersionWriter(redis, keys, store, version, 60)
+        writer = VersionWriter(redis, keys, store, version)
 
         async def some_applied() -> int | None:
             done = sum(p.count for p in (await writer.load_all()).values())

@@ -258,7 +258,7 @@ async def materializing_now(
     async def probe() -> tuple[int, int] | None:
         for info in await registry.list(STORE):
             if info.version != old and info.state is State.INGESTING:
-                progress = await VersionWriter(redis, keys, STORE, info.version, 3600).load_all()
+                progress = await VersionWriter(redis, keys, STORE, info.version).load_all()
                 applied = sum(p.count for p in progress.values())
                 if applied > 0:
                     return info.version, applied
@@ -356,7 +356,7 @@ class Scenario:
         assert push.count == RECORDS
         assert (info.count, info.checksum) == (push.count, push.checksum)
         assert await Lifecycle(self.redis, self.keys).live(STORE) == push.version
-        writer = VersionWriter(self.redis, self.keys, STORE, push.version, 3600)
+        writer = VersionWriter(self.redis, self.keys, STORE, push.version)
         progress = await writer.load_all()
         assert sorted(progress) == list(range(push.partitions))
         for p, got in progress.items():

@@ -37,7 +37,7 @@ def entries(version: int, n: int, size: int = 20) -> list[tuple[str, bytes]]:
 async def write_version(
     redis: Redis, keys: Keys, version: int, n: int = 50, store: str = "u2i"
 ) -> str:
-    writer = VersionWriter(redis, keys, store, version, TTL_S)
+    writer = VersionWriter(redis, keys, store, version)
     data = entries(version, n)
     for start in range(0, n, 16):
         await writer.write(data[start : start + 16])
@@ -62,16 +62,32 @@ async def test_write_promote_read(redis: Redis, keys: Keys) -> None:
     assert info.state is State.LIVE
 
 
-async def test_every_key_of_a_version_has_the_ttl(redis: Redis, keys: Keys) -> None:
-    await write_version(redis, keys, 7, n=40)
+async def ttls_of(redis: Redis, keys: Keys, version: int) -> list[int]:
     found = [
         key
-        for pattern in keys.version_patterns("u2i", 7)
+        for pattern in keys.version_patterns("u2i", version)
         async for key in redis.scan_iter(match=pattern)
     ]
-    assert len(found) == 41  # 40 entities and the progress hash
-    ttls = [await redis.ttl(key) for key in found]
-    assert all(0 < ttl <= TTL_S for ttl in ttls)
+    return [await redis.ttl(key) for key in found]
+
+
+async def test_keys_expire_only_once_their_version_leaves_service(redis: Redis, keys: Keys) -> None:
+    lifecycle = Lifecycle(redis, keys, {"u2i": TTL_S})
+    for version in (1, 2, 3):
+        await write_version(redis, keys, version, n=40)
+    assert await ttls_of(redis, keys, 1) == [-1] * 41  # 40 entities and the progress hash
+    await lifecycle.promote("u2i", 1, expected=None)
+    await lifecycle.promote("u2i", 2, expected=1)  # 1 is the backup: still in service
+    assert set(await ttls_of(redis, keys, 1)) == {-1}
+    await lifecycle.promote("u2i", 3, expected=2)  # 1 is superseded: it expires
+    assert all(0 < ttl <= TTL_S for ttl in await ttls_of(redis, keys, 1))
+    assert set(await ttls_of(redis, keys, 2)) == {-1}
+    await lifecycle.rollback("u2i")  # 3 is rolled back: it expires; 2 is live again
+    assert all(0 < ttl <= TTL_S for ttl in await ttls_of(redis, keys, 3))
+    assert set(await ttls_of(redis, keys, 2)) == {-1}
+    await redis.set(keys.live("u2i"), b"")  # (a hand-made state: v1 comes back by promote)
+    await lifecycle.promote("u2i", 1, expected=None)
+    assert set(await ttls_of(redis, keys, 1)) == {-1}  # serving again: no expiry
 
 
 async def test_checksum_independent_of_write_order(redis: Redis, keys: Keys) -> None:
@@ -80,7 +96,7 @@ async def test_checksum_independent_of_write_order(redis: Redis, keys: Keys) -> 
     random.Random(1).shuffle(shuffled)
     checksums = []
     for version, rows in ((3, data), (4, shuffled)):
-        writer = VersionWriter(redis, keys, "u2i", version, TTL_S)
+        writer = VersionWriter(redis, keys, "u2i", version)
         for start in range(0, len(rows), 7):
             await writer.write(rows[start : start + 7])
         checksums.append((await writer.seal()).checksum)
