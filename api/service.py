@@ -28,6 +28,7 @@ from tandem.contracts.features import (
 )
 from tandem.contracts.ranking import NO_SESSION, SessionView, merge
 from tandem.contracts.session import SessionState
+from tandem.store.exceptions import StoreError
 from tandem.store.online import OnlineReader, RequestData, Versions
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ class RecommendationService:
             data = await asyncio.wait_for(
                 self._reader.read(user, k, device or "any", segment), self._redis_timeout(deadline)
             )
-        except (RedisError, OSError, TimeoutError) as e:
+        except (RedisError, OSError, TimeoutError, StoreError) as e:
             return self._from_snapshot(user, k, segment, started, e)
         if data.cached is not None:
             metrics.CACHE_HITS.inc()

@@ -66,6 +66,11 @@ class _Expected:
     popular: int | None = None
     global_epoch: str = "0"
 
+    @property
+    def versions(self) -> tuple[int | None, int | None, int | None]:
+        """The live versions of u2i, i2i and popular."""
+        return self.u2i, self.i2i, self.popular
+
     def tag(self) -> str:
         """The part of a cached answer's tag these make (the user's epoch goes in front)."""
         versions = ("" if v is None else str(v) for v in (self.u2i, self.i2i, self.popular))
@@ -95,9 +100,11 @@ class OnlineReader:
                 expected, user, k, device, segment
             )
             seen = _Expected(_int(meta[0]), _int(meta[1]), _int(meta[2]), _text(meta[3] or b"0"))
+            self._expected = seen
             if seen == expected:
                 break
-            self._expected = seen
+            if seen.versions == expected.versions and mine[0] != CACHED:
+                break  # the data read is of the live versions; only the cache tag moved on
         else:
             raise StoreError("the live versions kept changing during one read; retry")
         versions = Versions(expected.u2i, expected.i2i, expected.popular)

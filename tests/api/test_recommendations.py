@@ -222,3 +222,31 @@ async def test_the_live_versions_model_is_used(client: Client, redis: Redis, key
     assert body["reranker"] == "lightgbm:v1"
     assert client.app[SERVICE].categories == {"a3": "books"}
     assert len(body["items"]) == 5
+
+
+async def test_cutovers_racing_the_reads_never_fail_an_answer(
+    client: Client, redis: Redis, keys: Keys
+) -> None:
+    """The worker bumps the global epoch at every cutover it reads; a read that sees it move
+    still answers from the live versions (it used to give up after three tries: a 500)."""
+    await seed(redis, keys)
+    stop = asyncio.Event()
+    bumps = 0
+
+    async def bump() -> None:
+        nonlocal bumps
+        while not stop.is_set():
+            await redis.incr(keys.global_epoch())
+            bumps += 1
+
+    bumping = asyncio.create_task(bump())
+    try:
+        for _ in range(60):
+            status, body = await get(client, "/v1/recommendations/alice?k=5")
+            assert status == 200
+            assert body["degraded"] is False
+            assert body["versions"]["u2i"] == 1
+    finally:
+        stop.set()
+        await bumping
+    assert bumps > 60
