@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 
 from redis.asyncio import Redis
 
@@ -11,8 +12,8 @@ from tandem.contracts.ids import check_version
 from tandem.contracts.versions import IN_FLIGHT, State
 from tandem.store.exceptions import PromoteConflict, RollbackRefused, StoreError
 from tandem.store.keys import Keys
-from tandem.store.registry import Registry
-from tandem.store.scripts import PROMOTE, ROLLBACK
+from tandem.store.registry import Registry, VersionInfo, now_ms
+from tandem.store.scripts import PROMOTE, RETIRE, ROLLBACK
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class Lifecycle:
         self.registry = Registry(redis, keys)
         self._promote = redis.register_script(PROMOTE)
         self._rollback = redis.register_script(ROLLBACK)
+        self._retire = redis.register_script(RETIRE)
 
     async def live(self, store: str) -> int | None:
         """The live version of ``store``, or None."""
@@ -126,25 +128,38 @@ class Lifecycle:
     async def retire(self, store: str, keep: int) -> list[int]:
         """Delete from Redis the versions beyond the newest ``keep`` besides the live one.
 
-        The live and backup versions, and versions still being written, are never retired.
+        The live and backup versions, and versions still being written, are never retired: each
+        is claimed by a script that checks the pointers and that its record did not change since
+        it was chosen, in one step, before anything of it is deleted.
         """
-        live, backup = await self.live(store), await self.backup(store)
-        busy = {*IN_FLIGHT, State.RETIRED}
+        live = await self.live(store)
+        busy = {*IN_FLIGHT, State.RETIRED, State.ABORTED}
         others = [
-            info.version
+            info
             for info in reversed(await self.registry.list(store))
             if info.version != live and info.state not in busy
         ]
         retired = []
-        for version in others[keep:]:
-            if version == backup:
-                continue
-            await self.drop(store, version)
-            await self.registry.update(store, version, State.RETIRED)
-            retired.append(version)
+        for info in others[keep:]:
+            if await self._claim(info):
+                await self.drop(store, info.version)
+                retired.append(info.version)
         if retired:
             log.info("store %s: retired versions %s", store, retired)
         return retired
+
+    async def _claim(self, info: VersionInfo) -> bool:
+        """Mark ``info``'s version retired if it still is exactly ``info`` and serves nowhere."""
+        store, version = info.store, info.version
+        keys = [
+            self._keys.live(store),
+            self._keys.backup(store),
+            self._keys.progress(store, version),
+            self._keys.registry(store),
+        ]
+        retired = replace(info, state=State.RETIRED, updated_ms=now_ms())
+        args: list[str | bytes] = [str(version), info.to_json(), retired.to_json()]
+        return bool(await self._retire(keys=keys, args=args))
 
     async def leave_service(self, store: str, version: int) -> None:
         """Give a version that no longer serves the store's TTL (nothing when none is known)."""

@@ -43,6 +43,23 @@ for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1]) end
 return {1, cur}
 """
 
+# KEYS: live, backup, progress of the version, registry
+# ARGV: version, its registry record as the caller read it, its retired record
+# Claims a version for retirement only if it is neither live nor backup and its record is still
+# the one the caller decided on (not promoted, re-ingested or changed meanwhile). Deleting the
+# progress first makes a racing promotion of it fail ("not materialized") instead of going live
+# on data being deleted.
+RETIRE = """
+local v = ARGV[1]
+if (redis.call('GET', KEYS[1]) or '') == v or (redis.call('GET', KEYS[2]) or '') == v then
+  return 0
+end
+if redis.call('HGET', KEYS[4], v) ~= ARGV[2] then return 0 end
+redis.call('DEL', KEYS[3])
+redis.call('HSET', KEYS[4], v, ARGV[3])
+return 1
+"""
+
 # KEYS: the user's epoch, cached answer, session, u2i candidates (of the expected u2i version)
 #       (one slot: the user's)
 # ARGV: the rest of the expected tag (global epoch and versions), whether a u2i version is live

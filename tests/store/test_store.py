@@ -197,3 +197,22 @@ async def test_retire_keeps_live_backup_and_newest(redis: Redis, keys: Keys) -> 
     info = await lifecycle.registry.get("u2i", 1)
     assert info is not None
     assert info.state is State.RETIRED
+
+
+async def test_retire_claims_a_version_only_as_it_was_chosen(redis: Redis, keys: Keys) -> None:
+    lifecycle = Lifecycle(redis, keys)
+    for version in (1, 2, 3):
+        await write_version(redis, keys, version, n=3)
+        await lifecycle.registry.update("u2i", version, State.INGESTED)
+    await lifecycle.promote("u2i", 3, expected=None)
+    chosen = await lifecycle.registry.get("u2i", 1)
+    assert chosen is not None
+    await lifecycle.registry.update("u2i", 1, State.INGESTED, reasons=["re-ingested"])
+    assert not await lifecycle._claim(chosen)  # its record changed after it was chosen
+    assert await lifecycle.is_materialized("u2i", 1)
+    live = await lifecycle.registry.get("u2i", 3)
+    assert live is not None
+    assert not await lifecycle._claim(live)  # the live version, whatever its record says
+    assert await lifecycle.retire("u2i", keep=0) == [2, 1]
+    with pytest.raises(StoreError, match="not materialized"):
+        await lifecycle.promote("u2i", 1, expected=3)  # a retired version cannot go live
