@@ -54,15 +54,18 @@ class Materializer:
             **{"max.partition.fetch.bytes": 8 << 20, "fetch.max.bytes": 64 << 20},
         )
         self._assigned = False
+        self._rebalanced_at = time.monotonic()
         self.first_record_at: float | None = None
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned = True
+        self._rebalanced_at = time.monotonic()  # what it now owns may still have to arrive
         log.info("assigned %s", [f"{p.topic}[{p.partition}]" for p in partitions])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Nothing to flush: a batch still being applied is guarded by the progress CAS in Redis,
         # so whoever owns the partition next skips what this process wrote, and vice versa.
+        self._rebalanced_at = time.monotonic()
         log.info("revoked %s", [f"{p.topic}[{p.partition}]" for p in partitions])
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
@@ -83,7 +86,7 @@ class Materializer:
                 polling = asyncio.ensure_future(self._poll())
                 if await self._handle(messages):
                     last_activity = time.monotonic()
-                elif self._idle(last_activity):
+                elif self._idle(last_activity) and await asyncio.to_thread(self._caught_up):
                     await self._decide_pending()
                     stalled = await self._finalizer.pending()
                     if stalled:  # nothing arrived for them either: their pushes did not finish
@@ -105,11 +108,27 @@ class Materializer:
             self._consumer.consume, self._options.batch_size, self._options.poll_timeout_s
         )
 
+    def _caught_up(self) -> bool:
+        """Whether every assigned partition has been read to its end: an incomplete version is
+        then one whose push never finished, not one still arriving."""
+        try:
+            for tp in self._consumer.assignment():
+                low, high = self._consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+                position = self._consumer.position([tp])[0].offset
+                if position < 0:  # nothing fetched yet: where the group's commit left it
+                    position = self._consumer.committed([tp], timeout=5)[0].offset
+                if high > low and position < high:
+                    return False
+        except KafkaException as e:
+            log.warning("could not tell whether every partition was read (%s); waiting on", e)
+            return False
+        return True
+
     def _idle(self, last_activity: float) -> bool:
         idle_s = self._options.until_idle_s
         if idle_s is None:
             return False
-        waited = time.monotonic() - last_activity
+        waited = time.monotonic() - max(last_activity, self._rebalanced_at)
         # Before the first assignment, allow for the group join as well.
         return waited > (idle_s if self._assigned else idle_s + 10)
 
