@@ -15,6 +15,19 @@ from tandem.streams.trending import WINDOW_MS
 EPOCH_TTL_S = 2 * 86400
 TRENDING_WINDOWS = 5
 TRENDING_TOP = 200
+# Items per script call: one call blocks Redis while it runs, so a big flush is cut in pieces.
+TRENDING_CHUNK = 500
+
+# KEYS[1]: a minute bucket; ARGV[1]: its TTL; then item, count, item, count, ...
+# One command for many items: a ZINCRBY each costs the worker far more (packing and parsing
+# a command per item blocked its event loop for tens of milliseconds every flush).
+ADD_TRENDING = """
+for i = 2, #ARGV, 2 do
+  redis.call('ZINCRBY', KEYS[1], ARGV[i + 1], ARGV[i])
+end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+return 1
+"""
 
 
 class RedisMirror:
@@ -47,11 +60,15 @@ class RedisMirror:
             return
         pipe = self._redis.pipeline(transaction=False)
         newest: dict[str, int] = {}
+        ttl = (TRENDING_WINDOWS + 2) * WINDOW_MS // 1000
         for (segment, window), items in counts.items():
             bucket = self._keys.trending_bucket(segment, window)
-            for item, count in items.items():
-                pipe.zincrby(bucket, count, item)
-            pipe.expire(bucket, (TRENDING_WINDOWS + 2) * WINDOW_MS // 1000)
+            pairs = list(items.items())
+            for start in range(0, len(pairs), TRENDING_CHUNK):
+                args: list[str | int] = [ttl]
+                for item, count in pairs[start : start + TRENDING_CHUNK]:
+                    args += (item, count)
+                queue_script(pipe, ADD_TRENDING, [bucket], args)
             newest[segment] = max(newest.get(segment, window), window)
         for segment, window in newest.items():
             target = self._keys.trending(segment)
