@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 
@@ -62,6 +63,11 @@ async def run_until(settings: Settings, options: WorkerOptions, stop: asyncio.Ev
         log.info("stream worker %s running", options.app_id)
         app = worker.app
         stopping = asyncio.ensure_future(stop.wait())
+        # What start-up made (modules, Faust's services) lives as long as the process: out of
+        # the collector's sight, a full collection scans only what came later (it scanned
+        # ~100k objects, a 50-70 ms pause in the middle of the stream, every half minute).
+        gc.collect()
+        gc.freeze()
         try:
             while not stopping.done():
                 await asyncio.wait([stopping], timeout=CRASH_CHECK_S)
@@ -69,4 +75,5 @@ async def run_until(settings: Settings, options: WorkerOptions, stop: asyncio.Ev
                     reason = app.crash_reason or "it stopped"
                     raise WorkerCrashed(f"the stream worker stopped by itself: {reason!r}")
         finally:
+            gc.unfreeze()
             stopping.cancel()
