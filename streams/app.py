@@ -8,10 +8,10 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import faust
-from faust.types import EventT, StreamT
+from faust.types import ChannelT, EventT, StreamT
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -106,12 +106,20 @@ class StreamWorker:
             self.redis, Keys(settings.key_prefix), options.session.gap_ms // 1000
         )
         self.pending: dict[str, bytes] = {}
+        # Changelog records not yet handed to the producer, the newest per key: key ->
+        # (partition, session). One record per user per flush, not one per event.
+        self.unlogged: dict[bytes, tuple[int, bytes]] = {}
+        self._unlogged_lock = asyncio.Lock()
+        self._logging: set[asyncio.Future[object]] = set()
+        self._changelog_error: BaseException | None = None
+        self._handing: asyncio.Future[None] | None = None
+        self._flushing: asyncio.Future[None] | None = None
         self.trending = TrendingCounts()
         self.categories: dict[str, str] = {}
         self._flush_lock = asyncio.Lock()
         self.app = self._build_app()
 
-    def _build_app(self) -> faust.App:
+    def _build_app(self) -> TandemApp:
         settings, options = self.settings, self.options
         app = TandemApp(
             options.app_id,
@@ -154,15 +162,20 @@ class StreamWorker:
         )
         app.agent(events, concurrency=1, name="sessions")(self._on_events)
         app.agent(versions, concurrency=1, name="cutovers")(self._on_versions)
-        app.timer(options.flush_interval_s)(self.flush)
+        app.timer(options.flush_interval_s)(self._tick)
         app.timer(options.trending_flush_s)(self.flush_trending)
         app.timer(options.categories_refresh_s, on_leader=False)(self.refresh_categories)
         self.sessions.on_recover(self._remirror)
+        # Faust flushes the producer before it commits offsets or gives partitions away.
+        app.before_producer_flush.append(self.write_changelog)
         return app
 
     async def _on_events(self, stream: StreamT[bytes]) -> None:
+        queue = cast(ChannelT[bytes], stream.channel).queue
         async for event in stream.events():
             await self.handle(event)
+            if queue.empty():  # the last event fetched so far: mirror now, not at the next tick
+                self._flush_soon()
 
     async def handle(self, event: EventT[bytes]) -> None:
         """Apply one event from ``tandem.events``, or dead-letter it."""
@@ -172,7 +185,7 @@ class StreamWorker:
         except ValidationError as e:
             await self._dead_letter(event, str(e))
             return
-        self.apply(parsed)
+        self.apply(parsed, message.partition)
         if len(self.pending) >= self.options.flush_max:
             await self.flush()
         log.debug(
@@ -183,10 +196,12 @@ class StreamWorker:
             message.offset,
         )
 
-    def apply(self, event: Event) -> None:
-        """Update the user's session in the table and queue its Redis mirror."""
+    def apply(self, event: Event, partition: int) -> None:
+        """Update the user's session in the table (``partition``: the event's, which is the
+        changelog's too) and queue its changelog record and its Redis mirror."""
         key = event.user_id.encode()
-        raw = self.sessions.get(key)
+        store = self.sessions.data  # the store itself: the changelog record is queued below
+        raw = store.get(key)
         state = None if raw is None else SessionState.decode(raw)
         category = self._category(event)
         new = update(state, event, category, self.options.session)
@@ -194,7 +209,8 @@ class StreamWorker:
             metrics.DUPLICATES.inc()
             return
         encoded = new.encode()
-        self.sessions[key] = encoded
+        store[key] = encoded
+        self.unlogged[key] = (partition, encoded)
         self.pending[event.user_id] = encoded
         self.trending.add(event)
         metrics.EVENTS.inc()
@@ -214,7 +230,89 @@ class StreamWorker:
         await self.dlq.send(key=event.key, value=event.value, headers=headers)
         metrics.DEAD.labels(reason.split(":", 1)[0][:40]).inc()
 
+    async def write_changelog(self) -> None:
+        """Hand the queued changelog records to the producer and wait until the broker has them
+        (and every record handed over before); raise the producer's error if one was lost.
+
+        Runs before every flush of Faust's producer, so before Faust commits offsets or gives
+        partitions away: an event's offset is committed only once its session is in the
+        changelog (a later session of the same user, which includes the event, counts too).
+        """
+        await self._hand_changelog()
+        if self._logging:
+            await asyncio.wait(self._logging)
+        if self._changelog_error is not None:
+            raise self._changelog_error
+
+    async def _hand_changelog(self) -> None:
+        """Hand the queued changelog records to the producer, one batch per partition (as the
+        producer's batch size allows), without waiting for the broker. One hand-over at a time,
+        so each partition gets a key's sessions in the order they were made."""
+        async with self._unlogged_lock:
+            if not self.unlogged:
+                return
+            records, self.unlogged = self.unlogged, {}
+            by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
+            for key, (partition, value) in records.items():
+                by_partition.setdefault(partition, []).append((key, value))
+            topic = changelog_topic(self.options)
+            try:
+                for partition, batch in by_partition.items():
+                    for future in await self.app.send_records(topic, partition, batch):
+                        self._logging.add(future)
+                        future.add_done_callback(self._on_logged)
+            except BaseException as e:
+                # Records taken from the queue did not all reach the producer: no offset may
+                # be committed any more (``write_changelog`` raises from now on).
+                self._changelog_error = self._changelog_error or e
+                raise
+
+    def _on_logged(self, future: asyncio.Future[object]) -> None:
+        self._logging.discard(future)
+        if not future.cancelled() and future.exception() is not None:
+            log.error("a changelog batch was not written: %r", future.exception())
+            self._changelog_error = self._changelog_error or future.exception()
+
+    def _start_changelog(self) -> None:
+        """Hand the queued changelog records to the producer in the background: the producer
+        may make the hand-over wait (one batch per partition waits for the one before), and the
+        Redis mirror must not wait for Kafka."""
+        if not self.unlogged or self.app.should_stop:  # once stopping, Faust's last flush does
+            return
+        if self._handing is None or self._handing.done():
+            self._handing = asyncio.ensure_future(self._hand_changelog())
+            self._handing.add_done_callback(self._on_handed)
+
+    def _on_handed(self, task: asyncio.Future[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("the changelog could not be handed to the producer: %r", task.exception())
+
+    def _flush_soon(self) -> None:
+        """Mirror the queued sessions in the background, so the next events need not wait for
+        Redis; while one flush runs, sessions queue up for the next (one flush at a time)."""
+        if self.pending and (self._flushing is None or self._flushing.done()):
+            self._flushing = self.app.add_future(self._flush_queued())
+
+    async def _flush_queued(self) -> None:
+        try:
+            while self.pending:
+                await self.flush_sessions()
+        except Exception as e:  # in the background: stop the worker, as a timer's error does
+            log.error("the session mirror failed: %s", e)
+            await self.app.crash(e)
+
+    async def _tick(self) -> None:
+        """Every ``flush_interval_s``: start handing queued changelog records to the producer,
+        and mirroring queued sessions unless that runs already (both in the background)."""
+        self._start_changelog()
+        self._flush_soon()
+
     async def flush(self) -> None:
+        """Start handing queued changelog records to the producer; mirror queued sessions."""
+        self._start_changelog()
+        await self.flush_sessions()
+
+    async def flush_sessions(self) -> None:
         """Write queued sessions (and epoch bumps) to Redis in one pipeline, retrying through a
         Redis outage; a session leaves the queue only once written (unless a newer one of the
         same user replaced it meanwhile, which the next flush writes)."""
@@ -282,7 +380,8 @@ class StreamWorker:
                 )
 
     async def close(self) -> None:
-        """Write what is queued and release Redis."""
-        await self.flush()
+        """Write what is queued to Redis and release it (Faust's producer, stopped by now,
+        was flushed, changelog included, when the app stopped)."""
+        await self.flush_sessions()
         await self.flush_trending()
         await self.redis.aclose()
