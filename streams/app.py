@@ -121,11 +121,14 @@ class StreamWorker:
 
     def _build_app(self) -> TandemApp:
         settings, options = self.settings, self.options
+        (settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)  # Faust makes one level
         app = TandemApp(
             options.app_id,
             broker=[f"kafka://{host}" for host in settings.kafka.split(",")],
             broker_credentials=broker_credentials(settings),
             store=options.store_url,
+            # Faust's own files (its table folder) go under the state folder, not the working one.
+            datadir=str(settings.state_dir / "faust" / "{conf.name}-data"),
             topic_partitions=settings.events_partitions,
             topic_replication_factor=settings.replication_factor,
             broker_session_timeout=6.0,
