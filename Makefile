@@ -59,6 +59,7 @@ bench: install services-prereq
 	$(BIN)/python -m benchmarks freshness --write benchmarks/RESULTS.md
 	$(BIN)/python -m benchmarks api --write benchmarks/RESULTS.md
 	$(BIN)/python -m benchmarks batch --write benchmarks/RESULTS.md
+	$(BIN)/python -m benchmarks faults --write benchmarks/RESULTS.md
 
 clean:
 	rm -rf $(VENV) .state .mypy_cache .ruff_cache .pytest_cache

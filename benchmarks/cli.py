@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import uuid
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from benchmarks import (
     api_bench,
     batch_bench,
     common,
+    faults_bench,
     freshness_bench,
     pipeline_bench,
     store_bench,
@@ -109,6 +111,44 @@ def bench_materialize(ctx: click.Context, records: int, items: int, write: Path 
         result.markdown(),
         write,
     )
+
+
+@bench.command("faults")
+@click.option(
+    "--only",
+    multiple=True,
+    type=click.Choice(faults_bench.SCENARIOS),
+    help="Run this scenario (repeatable); default: every one, in the order listed.",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the rows as JSON to this file.",
+)
+@write_option
+def bench_faults(only: tuple[str, ...], json_path: Path | None, write: Path | None) -> None:
+    """Broker and Redis restarts and pauses, killed processes, a replay of the live version and
+    a late record, each under load: acknowledged, lost, duplicated, recovered_s per scenario.
+
+    Starts its own Apache Kafka and redis-server (Java 17+ and Maven needed); exits 1 if any
+    row loses or duplicates something or does not recover within 15 s.
+    """
+    import json
+
+    rows = asyncio.run(faults_bench.run(only or faults_bench.SCENARIOS, echo=click.echo))
+    options = "".join(f" --only {name}" for name in only)
+    _report(
+        "faults",
+        f"python -m benchmarks faults{options}",
+        faults_bench.markdown(rows, common.machine()),
+        write,
+    )
+    if json_path is not None:
+        json_path.write_text(json.dumps([dataclasses.asdict(r) for r in rows], indent=2) + "\n")
+    if not all(row.ok for row in rows):
+        raise SystemExit(1)
 
 
 @bench.command("freshness")
