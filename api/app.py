@@ -8,9 +8,11 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import cast
 
 import orjson
 from aiohttp import web
+from confluent_kafka import KafkaException, Producer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from redis.exceptions import RedisError
 
@@ -34,7 +36,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Answer tandem errors as JSON with their status; time every request by route."""
+    """Answer tandem errors as JSON with their status; time every request by route. An answer
+    from a bug is a JSON 500 counted as ``outcome="error"``."""
     started = time.perf_counter()
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
@@ -47,14 +50,25 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
         error: ApiError = Unavailable(f"Redis is unreachable ({type(e).__name__}); retry shortly")
         outcome = str(error.status)
         return _problem(error)
+    except KafkaException as e:  # the broker refused a lifecycle record (admin endpoints)
+        error = Unavailable(f"the broker did not take a record ({e}); retry shortly")
+        outcome = str(error.status)
+        return _problem(error)
     except ApiError as e:
-        outcome = str(e.status)
+        outcome = "error" if e.status >= 500 and not e.retriable else str(e.status)
         return _problem(e)
     except web.HTTPException as e:
-        outcome = str(e.status)
+        outcome = "error" if e.status == 500 else str(e.status)
         raise
+    except asyncio.CancelledError:
+        outcome = "cancelled"  # the client went away
+        raise
+    except Exception:
+        outcome = "error"
+        log.exception("%s %s failed", request.method, request.path)
+        return _problem(ApiError("internal error; see the server log"))
     except BaseException:
-        outcome = "500"
+        outcome = "error"
         raise
     finally:
         metrics.REQUESTS.labels(route, outcome).observe(time.perf_counter() - started)
@@ -62,12 +76,11 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
 
 def _problem(error: ApiError) -> web.Response:
     body = {"error": str(error), "field": error.field, "index": error.index, **error.details}
-    headers = {"Retry-After": "1"} if error.retriable else None
     return web.Response(
         body=orjson.dumps(body),
         status=error.status,
         content_type="application/json",
-        headers=headers,
+        headers=error.headers or None,
     )
 
 
@@ -93,7 +106,8 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
     app[REDIS] = redis
     app[SERVICE] = RecommendationService(OnlineReader(redis, keys), budget, executor)
     app[PRODUCER] = AsyncProducer(settings, asyncio.get_running_loop())
-    app[ADMIN] = VersionAdmin(settings, redis, app[PRODUCER].producer)
+    # Lifecycle records go through the current producer, whichever that is after a recreation.
+    app[ADMIN] = VersionAdmin(settings, redis, cast(Producer, app[PRODUCER].announcer))
     yield
     await app[SERVICE].drain()
     await asyncio.to_thread(app[PRODUCER].close)

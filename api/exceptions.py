@@ -27,6 +27,11 @@ class ApiError(TandemError):
         self.index = index
         self.details = details or {}
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """Headers the answer carries (``Retry-After`` when the client may retry)."""
+        return {"Retry-After": "1"} if self.retriable else {}
+
 
 class BadRequest(ApiError):
     """The request breaks the contract; ``field`` (and ``index`` in a batch) say where."""
@@ -35,9 +40,22 @@ class BadRequest(ApiError):
 
 
 class Unauthorized(ApiError):
-    """No bearer token."""
+    """No bearer token, or one that cannot be a token (say, not UTF-8). The answer challenges
+    the client with ``WWW-Authenticate`` (RFC 6750), naming ``error`` when a token was sent."""
 
     status = 401
+    realm = "tandem-admin"
+
+    def __init__(self, message: str, *, error: str | None = None) -> None:
+        super().__init__(message)
+        self.error = error
+
+    @property
+    def headers(self) -> dict[str, str]:
+        challenge = f'Bearer realm="{self.realm}"'
+        if self.error is not None:
+            challenge += f', error="{self.error}"'
+        return {**super().headers, "WWW-Authenticate": challenge}
 
 
 class Forbidden(ApiError):

@@ -81,39 +81,45 @@ async def post_events(request: web.Request) -> web.Response:
             events.append(parse_event(item, now_ms))
         except ValidationError as e:
             raise BadRequest(f"event {index}: {e}", field=e.field, index=index) from e
-    acks = await _acknowledged(request.app[PRODUCER], events)
-    accepted = [e.event_id for e, ok in zip(events, acks, strict=True) if ok]
+    refusals = await _acknowledged(request.app[PRODUCER], events)
+    accepted = [e.event_id for e, why in zip(events, refusals, strict=True) if why is None]
+    metrics.EVENTS.inc(len(accepted))
     if len(accepted) < len(events):
-        unconfirmed = [e.event_id for e, ok in zip(events, acks, strict=True) if not ok]
-        metrics.EVENTS.inc(len(accepted))
+        unconfirmed = [e.event_id for e, why in zip(events, refusals, strict=True) if why]
+        reason = next(why for why in refusals if why)
         raise Unavailable(
             f"{len(unconfirmed)} of {len(events)} events were not acknowledged by the broker "
-            f"within {EVENTS_ACK_TIMEOUT_S:g} s; they may still arrive: send them again with the "
-            "same event_id (a repeated event_id is counted once)",
+            f"({reason}); they may still arrive: send them again with the same event_id (a "
+            "repeated event_id is counted once)",
             details={"accepted_event_ids": accepted, "unconfirmed_event_ids": unconfirmed},
         )
-    metrics.EVENTS.inc(len(events))
     return _json({"accepted": len(events), "event_ids": accepted}, 202)
 
 
-async def _acknowledged(producer: AsyncProducer, events: list[Event]) -> list[bool]:
-    """Send ``events``; which of them the broker acknowledged within the answer's bound."""
+async def _acknowledged(producer: AsyncProducer, events: list[Event]) -> list[str | None]:
+    """Send ``events``; for each, None if the broker acknowledged it within the answer's bound,
+    else why not. Never waits longer than ``EVENTS_ACK_TIMEOUT_S``."""
     futures: list[asyncio.Future[None]] = []
+    refused: str | None = None
     try:
         for event in events:
             futures.append(producer.send_event(event.user_id, event.to_json()))  # noqa: PERF401 - keep what was queued before a refusal
     except Unavailable as e:
         log.warning("events not queued: %s", e)
+        refused = str(e)
     if futures:
         await asyncio.wait(futures, timeout=EVENTS_ACK_TIMEOUT_S)
-    acks = []
+    refusals: list[str | None] = []
     for future in futures:
-        if future.done():
-            acks.append(future.exception() is None)
-        else:  # the producer keeps it; whatever happens later is only logged
-            acks.append(False)
+        if not future.done():  # the producer keeps it; whatever happens later is only logged
+            refusals.append(f"not within {EVENTS_ACK_TIMEOUT_S:g} s")
             future.add_done_callback(_settled_late)
-    return acks + [False] * (len(events) - len(futures))
+        elif future.cancelled():
+            refusals.append("cancelled")
+        else:
+            error = future.exception()
+            refusals.append(None if error is None else str(error))
+    return refusals + [refused or "not queued"] * (len(events) - len(futures))
 
 
 def _settled_late(future: asyncio.Future[None]) -> None:
@@ -128,8 +134,15 @@ def _require_admin(request: web.Request) -> None:
     given = request.headers.get("Authorization", "")
     if not given.startswith("Bearer "):
         raise Unauthorized("send Authorization: Bearer <token>")
-    # A header that is not UTF-8 arrives with surrogates: it is simply a wrong token.
-    offered = given[7:].encode("utf-8", "surrogateescape")
+    # A header that is not UTF-8 arrives with surrogates (aiohttp decodes it so): no token can
+    # look like that.
+    try:
+        offered = given[7:].encode("utf-8")
+    except UnicodeEncodeError:
+        raise Unauthorized(
+            "the bearer token is not UTF-8; send Authorization: Bearer <token>",
+            error="invalid_token",
+        ) from None
     if not hmac.compare_digest(offered, token.get_secret_value().encode()):
         raise Forbidden("wrong admin token")
 
@@ -175,18 +188,34 @@ async def healthz(_request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """GET /readyz: Redis and the broker answer, and some store has a live version."""
-    checks: dict[str, bool] = {}
-    try:
-        checks["redis"] = bool(await asyncio.wait_for(request.app[REDIS].ping(), 1.0))
-        overview = await request.app[ADMIN].overview()
-        checks["live_version"] = any(s.live is not None for s in overview)
-    except (RedisError, OSError, TimeoutError):
-        checks["redis"] = False
-        checks["live_version"] = False
-    checks["broker"] = await asyncio.to_thread(request.app[PRODUCER].broker_reachable)
+    """GET /readyz: ready when events can be accepted right now (the producer is usable and the
+    broker leads every partition of the events topic), candidates can be read (Redis answers)
+    and some store has a live version."""
+    producer = request.app[PRODUCER]
+    (redis, live), broker = await asyncio.gather(
+        _redis_checks(request), asyncio.to_thread(producer.broker_reachable)
+    )
+    problem = producer.problem()
+    if problem is not None:
+        log.warning("not ready for events: %s", problem)
+    checks = {
+        "redis": redis,
+        "live_version": live,
+        "broker": broker,
+        "events": broker and problem is None,
+    }
     ready = all(checks.values())
     return _json({"ready": ready, "checks": checks}, 200 if ready else 503)
+
+
+async def _redis_checks(request: web.Request) -> tuple[bool, bool]:
+    """Whether Redis answers, and whether some store has a live version."""
+    try:
+        answered = bool(await asyncio.wait_for(request.app[REDIS].ping(), 1.0))
+        overview = await asyncio.wait_for(request.app[ADMIN].overview(), 1.0)
+    except (RedisError, OSError, TimeoutError):
+        return False, False
+    return answered, any(s.live is not None for s in overview)
 
 
 async def openapi(request: web.Request) -> web.Response:

@@ -23,3 +23,11 @@ LIVE_VERSION = Gauge(
     multiprocess_mode="max",  # under serve --workers: the newest any process has seen
 )
 EVENTS = Counter("tandem_api_events_total", "Events acknowledged by the broker")
+PRODUCER_RECREATIONS = Counter(
+    "tandem_api_producer_recreations_total",
+    "Events producers replaced after a fatal error (e.g. UNKNOWN_PRODUCER_ID, fenced)",
+)
+PRODUCER_POLL_ERRORS = Counter(
+    "tandem_api_producer_poll_errors_total",
+    "Errors caught around the events producer's poll (its ack thread logs them and goes on)",
+)

@@ -17,7 +17,7 @@ def _response(description: str) -> dict[str, Any]:
 def _error_responses(*codes: int) -> dict[str, Any]:
     text = {
         400: "bad input; `field` (and `index`) name what",
-        401: "no bearer token",
+        401: "no or unreadable bearer token (with a WWW-Authenticate challenge)",
         403: "wrong bearer token",
         404: "unknown, or admin endpoints off",
         409: "refused (for example, no backup to roll back to)",
@@ -147,7 +147,10 @@ def document() -> dict[str, Any]:
             },
             "/readyz": {
                 "get": {
-                    "summary": "Redis and broker reachable, a live version known",
+                    "summary": (
+                        "Redis and broker reachable, events accepted now (producer usable, "
+                        "every events partition led), a live version known"
+                    ),
                     "responses": {"200": _response("ready"), "503": _response("not ready")},
                 }
             },

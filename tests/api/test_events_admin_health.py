@@ -120,7 +120,7 @@ async def test_health_metrics_and_openapi(client: Client, redis: Redis, keys: Ke
     assert (await client.get("/healthz")).status == 200
     status, body = await call(client, "GET", "/readyz")
     assert status == 503
-    assert body["checks"] == {"redis": True, "live_version": False, "broker": True}
+    assert body["checks"] == {"redis": True, "live_version": False, "broker": True, "events": True}
     await put_version(redis, keys, "u2i", 1, {"a": [("i", 1.0)]})
     assert (await client.get("/readyz")).status == 200
     await client.get("/v1/recommendations/a")
