@@ -8,7 +8,7 @@ from typing import Any
 from confluent_kafka import Producer
 from redis.asyncio import Redis
 
-from tandem.consumers.gates import VersionStats, evaluate, verify
+from tandem.consumers.gates import Verification, VersionStats, evaluate, verify
 from tandem.consumers.metrics import LIVE_VERSION, VERSIONS
 from tandem.contracts.settings import Settings
 from tandem.contracts.versions import State, announce
@@ -33,6 +33,13 @@ def metrics_of(metadata: dict[str, Any]) -> dict[str, float]:
         for k, v in raw.items()
         if isinstance(v, int | float) and not isinstance(v, bool)
     }
+
+
+def _stats(result: Verification, info: VersionInfo) -> VersionStats:
+    stats = result.stats
+    return VersionStats(
+        stats.count, stats.empty, stats.nonfinite, stats.dlq, metrics_of(info.metadata)
+    )
 
 
 class Finalizer:
@@ -75,21 +82,39 @@ class Finalizer:
             return await self._reject(
                 store, version, result.reasons, result.stats.count, result.checksum
             )
-        stats = VersionStats(
-            result.stats.count,
-            result.stats.empty,
-            result.stats.nonfinite,
-            result.stats.dlq,
-            metrics_of(info.metadata),
-        )
         info = await self.registry.update(
-            store, version, State.INGESTED, count=stats.count, checksum=result.checksum
+            store, version, State.INGESTED, count=result.stats.count, checksum=result.checksum
         )
         self._announce(info)
         log.info(
-            "%s v%s ingested: %d records, checksum %s", store, version, stats.count, result.checksum
+            "%s v%s ingested: %d records, checksum %s",
+            store,
+            version,
+            result.stats.count,
+            result.checksum,
         )
-        return await self.gate(info, stats, cutover=cutover)
+        return await self.gate(info, _stats(result, info), cutover=cutover)
+
+    async def resume(self, store: str, version: int, *, cutover: bool) -> VersionInfo | None:
+        """Decide the version again after a :meth:`check` that Redis failed midway: the steps
+        that went through stay, the rest is done now (each step is idempotent or a
+        compare-and-set); None while the version is still incomplete."""
+        info = await self.registry.get(store, version)
+        if info is None or info.state in UNDECIDED:
+            return await self.check(store, version, cutover=cutover)
+        if info.state is State.ABORTED:
+            return await self._admin.abort(store, version, list(info.reasons))
+        if info.state is State.REJECTED:
+            await self.lifecycle.leave_service(store, version)
+        elif info.state is State.INGESTED:  # verified; gating or the cutover did not happen
+            self._announce(info)
+            writer = VersionWriter(self._redis, self._keys, store, version)
+            result = verify(await writer.load_all(), info.partitions)
+            return await self.gate(info, _stats(result, info), cutover=cutover)
+        elif info.state is State.LIVE and await self.lifecycle.live(store) == version:
+            return await self._after_promotion(store, version)
+        self._announce(info)
+        return info
 
     async def gate(self, info: VersionInfo, stats: VersionStats, *, cutover: bool) -> VersionInfo:
         """Run the quality gates against the live version and, if asked, cut over."""

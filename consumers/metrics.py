@@ -14,3 +14,8 @@ VERSIONS = Counter(
     "tandem_materializer_versions_total", "Versions that reached a final state", ["store", "state"]
 )
 LIVE_VERSION = Gauge("tandem_store_live_version", "The live version of each store", ["store"])
+OUTAGE_RETRIES = Counter(
+    "tandem_materializer_outage_retries_total",
+    "Redis or Kafka operations retried (or probed again) while the service was unavailable",
+    ["service"],
+)

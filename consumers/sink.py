@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from tandem.consumers.metrics import RECORDS_APPLIED, RECORDS_DEAD
 from tandem.consumers.records import Record
+from tandem.consumers.retry import REDIS_TRANSIENT, Letter, OutagePolicy, Outages
 from tandem.contracts import topics
 from tandem.contracts.codec import summarize
 from tandem.contracts.control import (
@@ -31,12 +32,13 @@ from tandem.contracts.versions import State
 from tandem.store.exceptions import ProgressConflict
 from tandem.store.keys import Keys
 from tandem.store.progress import PartitionProgress, RecordStat, record_stat
-from tandem.store.registry import Registry
+from tandem.store.registry import Registry, VersionInfo
 from tandem.store.writer import VersionWriter
 
 log = logging.getLogger(__name__)
 
 MAX_CONFLICT_RETRIES = 5
+DLQ_TIMEOUT_S = 30.0  # how long dead letters may wait for the broker outside the materializer
 SEALED = "sealed"  # the field a dead letter names for a message after END_OF_PUSH
 
 
@@ -113,7 +115,14 @@ def _record(msg: Record) -> tuple[str, bytes]:
 
 
 class VersionSink:
-    """Writes batches of version-topic messages into Redis through ``store/``."""
+    """Writes batches of version-topic messages into Redis through ``store/``.
+
+    What a batch writes before its progress compare-and-set is idempotent (the same values, the
+    same registry record and attachments again), and is written only after a compare-and-set of
+    the unchanged progress showed this sink holds the partition's current progress: a redelivered
+    or stale batch writes nothing. Dead letters, which the broker would keep twice, are sent only
+    for records whose compare-and-set this sink made.
+    """
 
     def __init__(
         self,
@@ -123,6 +132,7 @@ class VersionSink:
         source: str,
         *,
         rebuild: bool = False,
+        outages: Outages | None = None,
     ) -> None:
         self._rebuild = rebuild
         self._redis = redis
@@ -130,9 +140,13 @@ class VersionSink:
         self._keys = Keys(settings.key_prefix)
         self._dlq = dlq
         self._source = source
+        self._outages = outages or Outages(settings, OutagePolicy(broker_s=DLQ_TIMEOUT_S))
         self.registry = Registry(redis, self._keys)
         self._writers: dict[tuple[str, int], VersionWriter] = {}
         self._progress: dict[tuple[str, int, int], PartitionProgress] = {}
+        # Plans whose compare-and-set may or may not have gone through (Redis went away while it
+        # was sent): the next attempt reads the progress to tell.
+        self._unsure: dict[tuple[str, int, int], Plan] = {}
 
     def writer(self, store: str, version: int) -> VersionWriter:
         """The (cached) writer of one version."""
@@ -148,44 +162,83 @@ class VersionSink:
         self._writers.pop((store, version), None)
         for key in [k for k in self._progress if k[:2] == (store, version)]:
             del self._progress[key]
+        for key in [k for k in self._unsure if k[:2] == (store, version)]:
+            del self._unsure[key]
 
     async def apply(
         self, store: str, version: int, partition: int, messages: Sequence[Record]
     ) -> PartitionProgress:
-        """Apply ``messages`` (in offset order) of one partition; skip what was applied before."""
+        """Apply ``messages`` (in offset order) of one partition; skip what was applied before.
+
+        A Redis error leaves nothing half-counted: call again with the same messages (the
+        materializer does, through an outage) and what went through is neither written nor
+        dead-lettered twice.
+        """
         writer = self.writer(store, version)
         cache_key = (store, version, partition)
         for _ in range(MAX_CONFLICT_RETRIES):
             before = self._progress.get(cache_key) or await writer.load(partition)
+            unsure = self._unsure.pop(cache_key, None)
+            if unsure is not None and before == unsure.after:
+                # The last attempt's compare-and-set went through; only its answer was lost.
+                await self._applied(cache_key, unsure)
             todo = [m for m in messages if m.offset > before.offset]
             if not todo:
                 self._progress[cache_key] = before
                 return before
             plan = plan_batch(before, todo)
-            if plan.dead:
-                self._dead_letter(topics.version_topic(store, version), partition, plan.dead)
-            if plan.start is not None:
-                await self._register(store, version, plan.start)
-            for name, value in plan.attachments:
-                await writer.put_attachment(name, value)
             try:
-                await writer.apply(partition, before, plan.after, plan.entries)
+                await self._write(writer, cache_key, before, plan)
             except ProgressConflict:
                 log.info(
                     "%s v%s p%d: progress moved elsewhere; reloading", store, version, partition
                 )
                 self._progress.pop(cache_key, None)
                 continue
-            self._progress[cache_key] = plan.after
-            RECORDS_APPLIED.labels(store).inc(len(plan.entries))
+            except REDIS_TRANSIENT:
+                self._progress.pop(cache_key, None)
+                self._unsure[cache_key] = plan
+                raise
+            await self._applied(cache_key, plan)
             return plan.after
         raise ServiceError(
             f"{store} v{version} p{partition}: progress kept moving; is another "
             "materializer writing the same partition?"
         )
 
+    async def _write(
+        self,
+        writer: VersionWriter,
+        cache_key: tuple[str, int, int],
+        before: PartitionProgress,
+        plan: Plan,
+    ) -> None:
+        """Write ``plan`` and move the progress from ``before`` to ``plan.after``, or raise
+        :class:`ProgressConflict` having written nothing but (idempotent) values."""
+        store, version, partition = cache_key
+        if plan.start is not None or plan.attachments:
+            # A compare-and-set that changes nothing: the registry record and attachments are
+            # written only while this sink holds the partition's current progress. They go
+            # before the progress moves past them, so a crash in between writes them again.
+            await writer.apply(partition, before, before, [])
+            if plan.start is not None:
+                await self._register(store, version, plan.start)
+            for name, value in plan.attachments:
+                await writer.put_attachment(name, value)
+        await writer.apply(partition, before, plan.after, plan.entries)
+
+    async def _applied(self, cache_key: tuple[str, int, int], plan: Plan) -> None:
+        """What follows a compare-and-set this sink made: its dead letters, sent once."""
+        store, version, partition = cache_key
+        self._progress[cache_key] = plan.after
+        RECORDS_APPLIED.labels(store).inc(len(plan.entries))
+        if plan.dead:
+            await self._dead_letter(topics.version_topic(store, version), partition, plan.dead)
+
     async def _register(self, store: str, version: int, start: StartOfPush) -> None:
         info = await self.registry.get(store, version)
+        if info is not None and info.state is State.INGESTING and _registered(info, start):
+            return  # another partition's START_OF_PUSH said the same
         if info is None or info.state in (State.PUSHED, State.INGESTING):
             await self.registry.update(
                 store,
@@ -196,15 +249,25 @@ class VersionSink:
                 metadata=start.metadata,
             )
 
-    def _dead_letter(self, topic: str, partition: int, dead: list[tuple[Record, str]]) -> None:
+    async def _dead_letter(
+        self, topic: str, partition: int, dead: list[tuple[Record, str]]
+    ) -> None:
         store = topics.parse_version_topic(topic)
+        letters = []
         for msg, reason in dead:
             log.warning("%s p%d offset %d dead-lettered: %s", topic, partition, msg.offset, reason)
             headers = [
                 *msg.headers,
                 *dlq_headers(reason, topic, partition, msg.offset, self._source),
             ]
-            self._dlq.produce(topics.DLQ, key=msg.key, value=msg.value, headers=headers)
-        if self._dlq.flush(30) > 0:
-            raise ServiceError("could not deliver dead letters to tandem.dlq")
+            letters.append(Letter(topics.DLQ, msg.key, msg.value, headers))
         RECORDS_DEAD.labels(store[0] if store else "?").inc(len(dead))
+        await self._outages.deliver(self._dlq, letters, f"{len(letters)} dead letter(s)")
+
+
+def _registered(info: VersionInfo, start: StartOfPush) -> bool:
+    return (info.partitions, info.created_ms, info.metadata) == (
+        start.partitions,
+        start.created_ms,
+        start.metadata,
+    )

@@ -62,6 +62,13 @@ def _with_admin(settings: Settings, job: Callable[[VersionAdmin], Awaitable[T]])
     help="Consumer group; run several processes in one group to share partitions.",
 )
 @click.option("--no-cutover", is_flag=True, help="Validate versions but never promote them.")
+@click.option(
+    "--redis-outage-s",
+    default=60,
+    show_default=True,
+    type=click.IntRange(1, 3600),
+    help="How long Redis writes are retried before the materializer gives up and exits non-zero.",
+)
 @metrics_port_option
 @click.pass_context
 def materialize(
@@ -70,13 +77,18 @@ def materialize(
     batch_size: int,
     group: str,
     no_cutover: bool,
+    redis_outage_s: int,
     metrics_port: int | None,
 ) -> None:
     """Materialize version topics into Redis, validate them and cut over."""
     from tandem.consumers.materializer import Materializer, MaterializerOptions
 
     options = MaterializerOptions(
-        group=group, batch_size=batch_size, until_idle_s=until_idle_s, cutover=not no_cutover
+        group=group,
+        batch_size=batch_size,
+        until_idle_s=until_idle_s,
+        cutover=not no_cutover,
+        redis_outage_s=redis_outage_s,
     )
     serve_metrics(metrics_port, settings_of(ctx).metrics_host)
 
