@@ -20,8 +20,9 @@ for in Redis. One row per scenario:
   a recommendation has candidates. Empty if that never happened within the bound.
 
 The Tansu broker keeps its data in memory (a restart loses every topic), so this suite needs
-Apache Kafka (Java 17+ and Maven); the replicated leader failover is in
-``tests/faults/test_replicated.py``.
+Apache Kafka (Java 17+ and Maven). The leader failover runs on a three-node cluster of its own
+(replication factor 3, ``min.insync.replicas`` 2); its fault ends when the node is killed (the
+other two carry on without it).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from tandem.contracts import codec, topics
 from tandem.contracts.control import DLQ_TOPIC, record_headers
 from tandem.contracts.domain import U2I
 from tandem.contracts.exceptions import ServiceError, WaitTimeout
-from tandem.contracts.kafka import ensure_base_topics, make_consumer, make_producer
+from tandem.contracts.kafka import admin, ensure_base_topics, make_consumer, make_producer
 from tandem.contracts.session import SessionState
 from tandem.contracts.settings import Settings
 from tandem.contracts.versions import State
@@ -208,6 +209,14 @@ class System:
         time.sleep(OUTAGE_S)
         self.redis.start()
 
+    def kill_events_leader(self) -> None:
+        """SIGKILL the node leading most partitions of tandem.events (it stays down: the
+        other two, with min.insync.replicas 2, must carry on)."""
+        found = admin(self.settings).list_topics(topics.EVENTS, timeout=10).topics[topics.EVENTS]
+        leaders = collections.Counter(p.leader for p in found.partitions.values())
+        victim = leaders.most_common(1)[0][0]
+        kafka_broker.kill_node(next(n for n in self.kafka.nodes if n.node_id == victim))
+
     def pause_redis(self) -> None:
         self.redis.signal(signal.SIGSTOP)
         try:
@@ -217,14 +226,15 @@ class System:
 
 
 @contextlib.contextmanager
-def system() -> Iterator[System]:
-    """Kafka, Redis and tandem's three processes, stopped on the way out."""
+def system(nodes: int = 1) -> Iterator[System]:
+    """Kafka (``nodes`` KRaft nodes, replication factor 3 on three), Redis and tandem's three
+    processes, stopped on the way out."""
     problem = kafka_broker.java_problem()
     if problem is not None:
         raise ServiceError(f"the fault suite needs Apache Kafka: {problem}")
     with tempfile.TemporaryDirectory(prefix="tandem-faults-") as tmp:
         folder = Path(tmp)
-        cluster = devservices.start_kafka_nodes(folder / "kafka", 1)
+        cluster = devservices.start_kafka_nodes(folder / "kafka", nodes)
         redis = Redis(devservices.free_port(), folder / "redis")
         sys_: System | None = None
         try:
@@ -233,6 +243,8 @@ def system() -> Iterator[System]:
                 kafka=cluster.bootstrap,
                 redis_url=f"redis://127.0.0.1:{redis.port}/0",
                 admin_token="faults-" + uuid.uuid4().hex,
+                replication_factor=min(3, nodes),
+                state_dir=folder / "state",
             )
             ensure_base_topics(settings)
             sys_ = System(folder, cluster, redis, settings)
@@ -629,13 +641,28 @@ SCENARIOS = (
     "kill-materializer",
     "replay-live",
     "late-record",
+    "leader-killed",
 )
+ON_THREE_NODES = frozenset({"leader-killed"})
 
 
 async def run(only: tuple[str, ...] = SCENARIOS, echo: Callable[[str], None] = print) -> list[Row]:
-    """Every scenario of ``only``, in order, on one system; a row each."""
+    """Every scenario of ``only``, in order: those of one node on one system, the leader
+    failover on a three-node cluster of its own; a row each."""
     rows: list[Row] = []
-    with system() as sys_:
+    for nodes, names in (
+        (1, [n for n in only if n not in ON_THREE_NODES]),
+        (3, [n for n in only if n in ON_THREE_NODES]),
+    ):
+        if names:
+            rows += await _run_on(nodes, names, echo)
+    return rows
+
+
+async def _run_on(nodes: int, names: list[str], echo: Callable[[str], None]) -> list[Row]:
+    rows: list[Row] = []
+    echo(f"starting Apache Kafka ({nodes} node{'s' if nodes > 1 else ''}), Redis and tandem")
+    with system(nodes) as sys_:
         timeout = aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)
         async with aiohttp.ClientSession(timeout=timeout) as http:
             first = await asyncio.to_thread(publish, sys_.settings, USERS, 1)
@@ -659,8 +686,11 @@ async def run(only: tuple[str, ...] = SCENARIOS, echo: Callable[[str], None] = p
                 "kill-materializer": lambda: kill_materializer(sys_, http),
                 "replay-live": lambda: replay_live(sys_, http),
                 "late-record": lambda: late_record(sys_, http),
+                "leader-killed": lambda: under_load(
+                    sys_, http, "events leader SIGKILLed (3 nodes)", sys_.kill_events_leader
+                ),
             }
-            for name in only:
+            for name in names:
                 echo(f"scenario {name} ...")
                 row = await plans[name]()
                 echo(f"  {asdict(row)}")
@@ -672,7 +702,8 @@ def markdown(rows: list[Row], machine: str) -> str:
     lines = [
         "## Faults under load (`python -m benchmarks faults`)",
         "",
-        f"Machine: {machine}. Apache Kafka (one KRaft node), redis-server with an "
+        f"Machine: {machine}. Apache Kafka (one KRaft node; three for the leader failover), "
+        "redis-server with an "
         "append-only file; `tandem serve`, `worker` and `materialize` as their own processes; "
         f"{OUTAGE_S:g} s "
         f"outages; load {EVENTS_PER_POST / POST_INTERVAL_S:.0f} events/s (one new user each) "
