@@ -324,7 +324,7 @@ class Load:
                 else:
                     self.post_errors += 1
                     self.failures[f"post {r.status}"] += 1
-                    self.accepted += answer.get("accepted", [])
+                    self.accepted += answer.get("accepted_event_ids", [])
         except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as e:
             self.post_errors += 1
             self.failures[f"post {type(e).__name__}"] += 1
