@@ -32,9 +32,7 @@ import collections
 import contextlib
 import os
 import random
-import shutil
 import signal
-import subprocess
 import tempfile
 import threading
 import time
@@ -103,46 +101,24 @@ class Row:
 
 @dataclass
 class Redis:
-    """A redis-server of our own, with an append-only file, that can be stopped and started."""
+    """A durable redis-server of our own (see ``devservices.start_redis``) that can be
+    stopped, started again on the same port and folder, and paused."""
 
     port: int
     folder: Path
-    proc: subprocess.Popen[bytes] | None = None
+    started: devservices.Started | None = None
 
     def start(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise ServiceError(devservices.REDIS_HINT)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with (self.folder / "redis.log").open("ab") as out:
-            self.proc = subprocess.Popen(
-                [
-                    *(binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""),
-                    *("--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.folder)),
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + 20
-        while not devservices.redis_answers("127.0.0.1", self.port):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise ServiceError(f"redis-server did not start; see {self.folder}")
-            time.sleep(0.05)
+        self.started = devservices.start_redis(self.port, self.folder, 20, durable=True)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        if self.started is not None:
+            devservices.stop(self.started.pid, 20)
+            self.started = None
 
     def signal(self, sig: signal.Signals) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
+        assert self.started is not None
+        os.kill(self.started.pid, sig)
 
 
 @dataclass

@@ -153,27 +153,23 @@ def start_broker(port: int, state_dir: Path, timeout_s: float = 20.0) -> Started
     return _spawn("broker", cmd, port, log_path, ready, "the Tansu broker", timeout_s)
 
 
-def start_redis(port: int, state_dir: Path, timeout_s: float = 10.0) -> Started:
-    """Start a throwaway redis-server (no persistence) on 127.0.0.1:``port``."""
+def start_redis(
+    port: int, state_dir: Path, timeout_s: float = 10.0, *, durable: bool = False
+) -> Started:
+    """Start a redis-server on 127.0.0.1:``port``: throwaway (no persistence), or ``durable``
+    (an append-only file fsynced on every write, so a restart on the same port and folder
+    keeps everything Redis acknowledged, as a production Redis does)."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise ServiceError(REDIS_HINT)
     state_dir.mkdir(parents=True, exist_ok=True)
     log_path = state_dir / f"redis-{port}.log"
+    persistence = ["--appendonly", "yes", "--appendfsync", "always"] if durable else []
     cmd = [
         binary,
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(state_dir.resolve()),
-        "--daemonize",
-        "no",
+        *("--port", str(port), "--bind", "127.0.0.1", "--save", ""),
+        *(persistence or ["--appendonly", "no"]),
+        *("--dir", str(state_dir.resolve()), "--daemonize", "no"),
     ]
     ready = lambda: redis_answers("127.0.0.1", port)  # noqa: E731
     return _spawn("redis", cmd, port, log_path, ready, "redis-server", timeout_s)

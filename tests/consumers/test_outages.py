@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
+import os
 import signal
 import subprocess
 import time
@@ -71,38 +71,23 @@ class DurableRedis:
 
     port: int
     data_dir: Path
-    proc: subprocess.Popen[bytes] | None = None
+    started: devservices.Started | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     async def start(self) -> None:
-        self._launch()
-
-        async def answers() -> bool:
-            return await asyncio.to_thread(devservices.redis_answers, "127.0.0.1", self.port)
-
-        await wait_for(answers, 20, "redis-server to answer")
-
-    def _launch(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.skip("redis-server is not installed")
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-        argv += ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.data_dir)]
-        with (self.data_dir / "redis.log").open("ab") as log:
-            self.proc = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
+        self.started = await asyncio.to_thread(
+            devservices.start_redis, self.port, self.data_dir, 20, durable=True
+        )
 
     def kill(self) -> None:
         """SIGKILL: a crash, the append-only file keeps what Redis acknowledged."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-        self.proc = None
+        if self.started is not None:
+            os.kill(self.started.pid, signal.SIGKILL)
+            devservices.stop(self.started.pid)  # reaps it
+        self.started = None
 
 
 @pytest.fixture
