@@ -27,8 +27,8 @@ def encode(item_ids: list[str], scores: list[float]) -> bytes:
     return _HEADER.pack(FORMAT, len(item_ids), len(blob)) + blob + array("f", scores).tobytes()
 
 
-def decode(data: bytes) -> tuple[list[str], list[float]]:
-    """Unpack the stored form into ``(item_ids, scores)``."""
+def _checked_header(data: bytes) -> tuple[int, int]:
+    """``(item count, offset of the scores)`` of an encoded list whose length fits its header."""
     if len(data) < _HEADER.size:
         raise CodecError(f"{len(data)} bytes is shorter than the {_HEADER.size}-byte header")
     fmt, count, blob_len = _HEADER.unpack_from(data)
@@ -37,6 +37,12 @@ def decode(data: bytes) -> tuple[list[str], list[float]]:
     scores_at = _HEADER.size + blob_len
     if len(data) != scores_at + 4 * count:
         raise CodecError(f"{len(data)} bytes do not hold {count} items and {blob_len} id bytes")
+    return count, scores_at
+
+
+def decode(data: bytes) -> tuple[list[str], list[float]]:
+    """Unpack the stored form into ``(item_ids, scores)``."""
+    count, scores_at = _checked_header(data)
     if count == 0:
         return [], []
     try:
@@ -52,14 +58,7 @@ def decode(data: bytes) -> tuple[list[str], list[float]]:
 
 def summarize(data: bytes) -> tuple[int, bool]:
     """``(item count, all scores finite)`` of an encoded list, checking its structure."""
-    if len(data) < _HEADER.size:
-        raise CodecError(f"{len(data)} bytes is shorter than the {_HEADER.size}-byte header")
-    fmt, count, blob_len = _HEADER.unpack_from(data)
-    if fmt != FORMAT:
-        raise CodecError(f"unknown format byte {fmt}")
-    scores_at = _HEADER.size + blob_len
-    if len(data) != scores_at + 4 * count:
-        raise CodecError(f"{len(data)} bytes do not hold {count} items and {blob_len} id bytes")
+    count, scores_at = _checked_header(data)
     blob = data[_HEADER.size : scores_at]
     ids_in_blob = blob.count(b"\x00") + 1 if blob else 0
     if ids_in_blob != count:
