@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # redis-server must be on PATH, and Java 17+ with Maven runs Apache Kafka (without them the
-# tests and the demo fall back to the embedded Tansu broker): install what is missing from
-# Debian's packages when we are root.
+# tests and the demo fall back to the embedded Tansu broker); the console's test drives Debian's
+# chromium through chromedriver: install what is missing from Debian's packages when we are root.
 APT_INSTALL = DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
 services-prereq:
 	@command -v redis-server >/dev/null 2>&1 || { \
@@ -33,6 +33,13 @@ services-prereq:
 	      || echo "could not install Java and Maven: the embedded Tansu broker will be used"; \
 	  else \
 	    echo "Java 17+ or Maven is missing: the embedded Tansu broker will be used"; \
+	  fi; }
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium and chromium-driver with apt-get (for the console's browser test)"; \
+	    apt-get update -qq && $(APT_INSTALL) chromium chromium-driver >/dev/null; \
+	  else \
+	    echo "chromium or chromedriver is missing: install them (apt-get install chromium chromium-driver)"; exit 1; \
 	  fi; }
 
 lint: install
