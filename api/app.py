@@ -16,7 +16,7 @@ from confluent_kafka import KafkaException, Producer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from redis.exceptions import RedisError
 
-from tandem.api import handlers, metrics
+from tandem.api import console, handlers, metrics
 from tandem.api.exceptions import ApiError, Unavailable
 from tandem.api.keys import ADMIN, OUTCOME, PRODUCER, REDIS, SERVICE, SETTINGS
 from tandem.api.producer import AsyncProducer
@@ -129,4 +129,5 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", prometheus)
     app.router.add_get("/openapi.json", handlers.openapi)
+    console.register(app)
     return app

@@ -64,6 +64,16 @@ STORE_PARAM = {
 
 def document() -> dict[str, Any]:
     """The whole OpenAPI document."""
+    from tandem.api.console import openapi_paths  # the console's module imports this one
+
+    found = _document()
+    paths, schemas = openapi_paths()
+    found["paths"].update(paths)
+    found["components"]["schemas"].update(schemas)
+    return found
+
+
+def _document() -> dict[str, Any]:
     return {
         "openapi": "3.0.3",
         "info": {
