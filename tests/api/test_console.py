@@ -22,19 +22,22 @@ from redis.asyncio import Redis
 from tandem.api import lag
 from tandem.api.console import CONSOLE, gates_of
 from tandem.api.latency import LiveWindow, Snapshot, between, quantile
-from tandem.consumers.materializer import GROUP
+from tandem.batch.candidates_io import synthetic_candidates
+from tandem.batch.publish import Publisher
+from tandem.consumers.materializer import GROUP, Materializer, MaterializerOptions
 from tandem.contracts import topics
 from tandem.contracts.features import FEATURES
 from tandem.contracts.kafka import make_consumer
 from tandem.contracts.session import SessionState
-from tandem.contracts.settings import Settings
+from tandem.contracts.settings import Settings, StorePolicy
 from tandem.contracts.versions import State
 from tandem.store.keys import Keys
 from tandem.store.registry import Registry, VersionInfo
 from tandem.streams.app import WorkerOptions
+from tandem.streams.runner import running
 from tests.api.conftest import put_version
 from tests.api.test_rank import tiny_model
-from tests.helpers import read_messages
+from tests.helpers import read_messages, wait_for
 
 Client = TestClient[web.Request, web.Application]
 AUTH = {"Authorization": "Bearer s3cret-token"}
@@ -289,6 +292,45 @@ async def test_lag_is_the_events_a_group_has_not_committed(
         "topics": [],
         "error": None,
     }
+
+
+@pytest.mark.integration
+async def test_lag_of_a_real_materializer_and_worker(
+    client: Client, api_settings: Settings
+) -> None:
+    """The console reads the groups the components really commit in: the materializer's
+    version topics, the worker's (Faust's) tandem.events, both caught up."""
+    store = "s" + uuid.uuid4().hex[:10]
+    settings = api_settings.model_copy(update={"stores": {store: StorePolicy(ttl_s=3600)}})
+    with Publisher(settings) as publisher:
+        push = publisher.publish(store, synthetic_candidates(200, 10, seed=1))
+    group, app_id = "m" + uuid.uuid4().hex[:8], "w" + uuid.uuid4().hex[:8]
+    client.app[CONSOLE].groups = {"materializer": group, "worker": app_id}
+    materializer = Materializer(settings, MaterializerOptions(group=group))
+    stop = asyncio.Event()
+    materializing = asyncio.create_task(materializer.run(stop))
+    try:
+        async with running(api_settings, WorkerOptions(app_id=app_id)):
+            events = [{"user_id": "carol", "item_id": "i1", "event_type": "view"}]
+            assert (await client.post("/v1/events", data=orjson.dumps(events))).status == 202
+
+            async def caught_up() -> dict[str, Any] | None:
+                _, body = await call(client, "GET", "/v1/admin/overview", headers=AUTH)
+                lags = {g["role"]: g for g in body["lag"]}
+                topics_of = {r: {t["topic"] for t in g["topics"]} for r, g in lags.items()}
+                done = (
+                    topics.version_topic(store, push.version) in topics_of["materializer"]
+                    and topics.EVENTS in topics_of["worker"]
+                    and lags["materializer"]["lag"] == 0
+                    and lags["worker"]["lag"] == 0
+                )
+                return lags if done else None
+
+            lags = await wait_for(caught_up, 40, "both groups to commit up to the ends")
+    finally:
+        stop.set()
+        await asyncio.wait_for(materializing, 20)
+    assert lags["materializer"]["error"] is None
 
 
 # -- the page in headless Chromium --------------------------------------------------------------
