@@ -285,14 +285,16 @@ async def _stores(request: web.Request, at_ms: int) -> list[StoreView]:
     return views
 
 
-def _lags(state: ConsoleState) -> list[GroupLag]:
+async def _lags(state: ConsoleState) -> list[GroupLag]:
+    """Every group's lag, read side by side (each bounded by the reader's timeout)."""
     reader = state.lags
     if reader is None:
         return [
             GroupLag(role=r, group=g, lag=None, error="not started")
             for r, g in state.groups.items()
         ]
-    return [reader.lag(role, group) for role, group in state.groups.items()]
+    reads = (asyncio.to_thread(reader.lag, role, group) for role, group in state.groups.items())
+    return list(await asyncio.gather(*reads))
 
 
 async def overview(request: web.Request) -> web.Response:
@@ -300,13 +302,8 @@ async def overview(request: web.Request) -> web.Response:
     _require_admin(request)
     state = request.app[CONSOLE]
     at_ms = now_ms()
-    lags, stores = await asyncio.gather(asyncio.to_thread(_lags, state), _stores(request, at_ms))
-    body = Overview(
-        now_ms=at_ms,
-        stores=stores,
-        lag=lags,
-        latency=state.window.read(),
-    )
+    lags, stores = await asyncio.gather(_lags(state), _stores(request, at_ms))
+    body = Overview(now_ms=at_ms, stores=stores, lag=lags, latency=state.window.read())
     return _json(body)
 
 

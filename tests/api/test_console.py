@@ -263,6 +263,25 @@ async def test_explain_matches_the_answer_and_its_contributions_add_up(
 
 
 @pytest.mark.integration
+async def test_explain_without_a_model_shows_values_and_the_heuristic_order(
+    client: Client, redis: Redis, keys: Keys
+) -> None:
+    await put_version(redis, keys, "u2i", 1, {"dan": [("d0", 0.2), ("d1", 0.9), ("d2", 0.5)]})
+    status, answer = await call(client, "GET", "/v1/recommendations/dan?k=3&device=tv")
+    assert (status, answer["reranker"]) == (200, "heuristic")
+    url = "/v1/admin/explain?user=dan&k=3&device=tv"
+    status, x = await call(client, "GET", url, headers=AUTH)
+    assert status == 200
+    assert x["order"] == [i["item_id"] for i in answer["items"]] == ["d1", "d2", "d0"]
+    assert (x["reranker"], x["contributions"], x["device"]) == ("heuristic", None, "tv")
+    assert x["session"]["session_id"] is None
+    assert x["versions"] == {"u2i": "1", "i2i": None, "popular": None}
+    for c in x["candidates"]:
+        assert (c["contributions"], c["bias"]) == (None, None)
+        assert dict(zip(x["features"], c["values"], strict=True))["device_tv"] == 1.0
+
+
+@pytest.mark.integration
 async def test_lag_is_the_events_a_group_has_not_committed(
     client: Client, api_settings: Settings
 ) -> None:
@@ -336,63 +355,106 @@ async def test_lag_of_a_real_materializer_and_worker(
 # -- the page in headless Chromium --------------------------------------------------------------
 
 
-def drive(url: str, screenshot: Path) -> dict[str, Any]:
-    """Load the console, enter the token, roll u2i back, explain alice; what the page showed."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.remote.webdriver import WebDriver
-    from selenium.webdriver.support.ui import WebDriverWait
+class Browser:
+    """Headless Chromium through Debian's chromedriver, with bounded waits on page state."""
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
-        options.add_argument(argument)
-    options.add_argument("--window-size=1500,2200")
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
-    wait = WebDriverWait(driver, 20)
-    live = '.store[data-store="u2i"] .live-version'
+    def __init__(self) -> None:
+        from selenium import webdriver
+        from selenium.common.exceptions import StaleElementReferenceException
+        from selenium.webdriver.chrome.service import Service
+        from selenium.webdriver.support.ui import WebDriverWait
 
-    def text(selector: str) -> str:
+        options = webdriver.ChromeOptions()
+        options.binary_location = str(CHROMIUM)
+        for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
+            options.add_argument(argument)
+        options.add_argument("--window-size=1500,2200")
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+        service = Service(executable_path=str(CHROMEDRIVER))
+        self.driver = webdriver.Chrome(options=options, service=service)
+        # The page re-renders its panels every 2 s: an element found just before may be stale.
+        self.wait = WebDriverWait(
+            self.driver, 20, ignored_exceptions=[StaleElementReferenceException]
+        )
+
+    def text(self, selector: str) -> str:
+        """The text of the first element ``selector`` matches, once there is one."""
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.remote.webdriver import WebDriver
+
         def found(d: WebDriver) -> str | bool:
             nodes = d.find_elements(By.CSS_SELECTOR, selector)
             return nodes[0].text if nodes else False
 
-        return str(wait.until(found))
+        return str(self.wait.until(found))
 
+    def count(self, selector: str) -> int:
+        """How many elements ``selector`` matches now."""
+        from selenium.webdriver.common.by import By
+
+        return len(self.driver.find_elements(By.CSS_SELECTOR, selector))
+
+    def until_text(self, selector: str, expected: str) -> None:
+        """Wait until the first element of ``selector`` reads ``expected``."""
+        self.wait.until(lambda _: self.text(selector) == expected)
+
+    def press(self, selector: str) -> None:
+        """Click the element ``selector`` matches, once it is there."""
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.remote.webdriver import WebDriver
+
+        def clicked(d: WebDriver) -> bool:
+            d.find_element(By.CSS_SELECTOR, selector).click()
+            return True
+
+        self.wait.until(clicked)
+
+    def type(self, selector: str, text: str) -> None:
+        """Type into an input."""
+        from selenium.webdriver.common.by import By
+
+        self.driver.find_element(By.CSS_SELECTOR, selector).send_keys(text)
+
+    def confirm(self, selector: str) -> str:
+        """Click an action button twice (arm, then confirm); the label it asked with."""
+        self.press(selector)
+        label = self.text(selector + ".armed")
+        self.press(selector + ".armed")
+        return label
+
+
+def drive(url: str, screenshot: Path) -> dict[str, Any]:
+    """Load the console, enter the token, roll u2i back, explain alice, take the screenshot,
+    cut v2 over again: what the page showed on the way."""
+    page = Browser()
+    live = '.store[data-store="u2i"] .live-version'
     try:
-        driver.get(url)
-        seen: dict[str, Any] = {"before_token": text("#status")}
-        driver.find_element(By.ID, "token").send_keys("s3cret-token")
-        driver.find_element(By.ID, "token-save").click()
-        seen["live_before"] = text(live)
-        rollback = '.store[data-store="u2i"] button.rollback'
-        driver.find_element(By.CSS_SELECTOR, rollback).click()
-        wait.until(
-            lambda d: (
-                "armed" in (d.find_element(By.CSS_SELECTOR, rollback).get_attribute("class") or "")
-            )
-        )
-        seen["armed_label"] = driver.find_element(By.CSS_SELECTOR, rollback).text
-        driver.find_element(By.CSS_SELECTOR, rollback).click()
-        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, live).text == "v1")
-        seen["live_after"] = text(live)
-        seen["action"] = text("#action")
-        driver.find_element(By.ID, "explain-user").send_keys("alice")
-        driver.find_element(By.ID, "explain-go").click()
-        seen["reranker"] = text("#explain-reranker")
-        seen["headers"] = [
-            h.text for h in driver.find_elements(By.CSS_SELECTOR, "#explain-table th")
-        ]
-        seen["cells"] = len(driver.find_elements(By.CSS_SELECTOR, "#explain-table td.contrib span"))
-        seen["rows"] = len(driver.find_elements(By.CSS_SELECTOR, "#explain-table tbody tr"))
-        seen["order"] = text("#explain-order")
-        seen["lag_rows"] = len(driver.find_elements(By.CSS_SELECTOR, "#lag tbody tr"))
-        seen["p50"] = text('[data-figure="p50"]')
-        driver.save_screenshot(str(screenshot))
+        page.driver.get(url)
+        seen: dict[str, Any] = {"before_token": page.text("#status")}
+        page.type("#token", "s3cret-token")
+        page.press("#token-save")
+        seen["live_before"] = page.text(live)
+        seen["armed_label"] = page.confirm('.store[data-store="u2i"] button.rollback')
+        page.until_text(live, "v1")
+        seen["action"] = page.text("#action")
+        page.type("#explain-user", "alice")
+        page.press("#explain-go")
+        seen["reranker"] = page.text("#explain-reranker")
+        seen["headers"] = page.text("#explain-table thead").split()
+        seen["cells"] = page.count("#explain-table td.contrib span")
+        seen["rows"] = page.count("#explain-table tbody tr")
+        seen["order"] = page.text("#explain-order")
+        seen["lag_rows"] = page.count("#lag tbody tr")
+        seen["p50"] = page.text('[data-figure="p50"]')
+        page.driver.save_screenshot(str(screenshot))
+        page.confirm('.store[data-store="u2i"] tr[data-version="2"] button.cutover')
+        page.until_text(live, "v2")
+        seen["cutover_action"] = page.text("#action")
+        log = page.driver.get_log("browser")  # type: ignore[no-untyped-call]
+        seen["errors"] = [e for e in log if e["level"] == "SEVERE"]
         return seen
     finally:
-        driver.quit()
+        page.driver.quit()
 
 
 @pytest.mark.integration
@@ -411,9 +473,10 @@ async def test_console_rolls_back_in_a_browser(
     assert "admin token" in seen["before_token"]
     assert seen["live_before"] == "v2"
     assert seen["armed_label"] == "Roll back to v1?"
-    assert seen["live_after"] == "v1"
-    assert await redis.get(keys.live("u2i")) == b"1"
     assert "rolled back from v2 to v1" in seen["action"]
+    assert "v2 is live (was v1)" in seen["cutover_action"]
+    assert await redis.get(keys.live("u2i")) == b"2"
+    assert seen["errors"] == []  # nothing failed in the page (scripts, requests)
     assert seen["reranker"] == "lightgbm:v1"
     assert set(FEATURES) <= set(seen["headers"])
     assert seen["rows"] >= 5
