@@ -39,9 +39,11 @@ from tandem.store.registry import VersionInfo, now_ms
 
 STATIC_DIR = Path(__file__).parent / "console_static"
 ASSETS = frozenset({"console.js", "console.css"})
-# States a version may be made live from by hand: verified and gated (held back, or live
-# before). Rejected, aborted, retired and unfinished versions cannot be.
-CUTOVER_FROM = frozenset({State.INGESTED, State.BACKUP, State.SUPERSEDED, State.ROLLED_BACK})
+# States a version may be made live from by hand: those that passed the gates and were live
+# before. Not an ingested version: the registry does not record whether it was gated (the
+# materializer skips the gates of a version older than the live one), so it goes live through
+# the materializer's gates. Rejected, aborted, retired and unfinished versions never can.
+CUTOVER_FROM = frozenset({State.BACKUP, State.SUPERSEDED, State.ROLLED_BACK})
 GATES_PASSED = frozenset({State.LIVE, State.BACKUP, State.SUPERSEDED, State.ROLLED_BACK})
 GATES_FAILED = frozenset({State.REJECTED, State.ABORTED})
 SECURITY_HEADERS = {

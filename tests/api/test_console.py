@@ -206,6 +206,7 @@ async def test_cutover_makes_a_version_live_and_announces_it(
     client: Client, redis: Redis, keys: Keys, api_settings: Settings
 ) -> None:
     await seed(redis, keys)
+    await Registry(redis, keys).put(VersionInfo("u2i", 4, State.INGESTED, count=1000))
     path = "/v1/admin/stores/u2i/cutover"
     assert (await call(client, "POST", path, data=b'{"version": "1"}'))[0] == 401
     for body, status in (
@@ -213,6 +214,7 @@ async def test_cutover_makes_a_version_live_and_announces_it(
         (b'{"version": "x"}', 400),
         (b'{"version": "9"}', 404),
         (b'{"version": "3"}', 409),  # rejected by its gates
+        (b'{"version": "4"}', 409),  # ingested: not known to have passed the gates
         (b'{"version": "2"}', 409),  # already live
     ):
         assert (await call(client, "POST", path, data=body, headers=AUTH))[0] == status, body
