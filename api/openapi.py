@@ -158,7 +158,7 @@ def _path_item(op: Operation) -> dict[str, Any]:
     responses: dict[str, Any] = {
         str(status): {"description": "ok", "headers": _headers(status), "content": _content(model)}
     }
-    for code in sorted({*op.errors, 404, 405}):
+    for code in sorted({*op.errors, 400, 404, 405}):  # 400: a malformed X-Request-ID
         problem = op.problem_models.get(code, "Problem")
         media = JSON if problem == "Ready" else PROBLEM
         responses[str(code)] = {

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import orjson
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
 
 from tandem.contracts.domain import Device, EventType
 from tandem.contracts.exceptions import ValidationError
@@ -44,7 +44,19 @@ ContextValue = (
     | StrictInt
     | Annotated[float, Field(strict=True, allow_inf_nan=False)]
 )
-EpochMs = Annotated[int, Field(strict=True, ge=0, description="epoch milliseconds")]
+
+
+def _integral(value: object) -> object:
+    """An integral JSON number written with a fraction (``5.0``) as the integer it is: JSON
+    Schema counts it as an integer, so tandem does too."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+EpochMs = Annotated[
+    int, Field(strict=True, ge=0, description="epoch milliseconds"), BeforeValidator(_integral)
+]
 Rfc3339 = Annotated[
     str, Field(strict=True, pattern=RFC3339_PATTERN, json_schema_extra={"format": "date-time"})
 ]
@@ -108,6 +120,7 @@ def parse_ts_ms(value: object, now_ms: int) -> int:
     state)."""
     if value is None:
         return now_ms
+    value = _integral(value)
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         ts_ms = value
     elif isinstance(value, str) and _RFC3339_RE.fullmatch(value):
