@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -16,11 +18,12 @@ from confluent_kafka import KafkaException, Producer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from redis.exceptions import RedisError
 
-from tandem.api import console, handlers, metrics
-from tandem.api.exceptions import ApiError, Unavailable
+from tandem.api import console, handlers, metrics, models
+from tandem.api.exceptions import ApiError, BadRequest, Unavailable
 from tandem.api.keys import ADMIN, OUTCOME, PRODUCER, REDIS, SERVICE, SETTINGS
 from tandem.api.producer import AsyncProducer
 from tandem.api.service import Budget, RecommendationService
+from tandem.contracts.logctx import REQUEST_ID
 from tandem.contracts.settings import Settings
 from tandem.store.admin import VersionAdmin
 from tandem.store.connect import connect
@@ -28,59 +31,179 @@ from tandem.store.keys import Keys
 from tandem.store.online import OnlineReader
 
 log = logging.getLogger(__name__)
+access = logging.getLogger("tandem.access")
 
 MAX_BODY_BYTES = 1 << 20
+MIN_GZIP_BYTES = 1024
+PROBLEM_JSON = "application/problem+json"
+REQUEST_ID_HEADER = "X-Request-ID"
+_REQUEST_ID_RE = re.compile(models.REQUEST_ID_PATTERN)
+CORS_ALLOWED_HEADERS = "Authorization, Content-Type, X-Request-ID"
+CORS_EXPOSED_HEADERS = "X-Request-ID, Retry-After, WWW-Authenticate"
+CORS_MAX_AGE_S = 600
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @web.middleware
-async def errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Answer tandem errors as JSON with their status; time every request by route. An answer
-    from a bug is a JSON 500 counted as ``outcome="error"``."""
+async def contract(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every answer: an ``X-Request-ID`` (the client's, or a new one) set for the request's log
+    lines, errors as RFC 7807 problems, CORS for the configured origins, gzip when asked, a
+    latency metric by route and outcome, and one ``tandem.access`` line."""
     started = time.perf_counter()
-    resource = request.match_info.route.resource
-    route = resource.canonical if resource is not None else "unmatched"
-    outcome = "ok"
+    given = request.headers.get(REQUEST_ID_HEADER)
+    valid = given is not None and _REQUEST_ID_RE.fullmatch(given) is not None
+    request_id = given if valid and given is not None else secrets.token_hex(16)
+    token = REQUEST_ID.set(request_id)
+    status, outcome = 500, "error"
+    response: web.StreamResponse
     try:
-        response = await handler(request)
-        outcome = request.get(OUTCOME, "ok")
+        if given is not None and not valid:
+            error = BadRequest(
+                f"{REQUEST_ID_HEADER} must be 1-{models.REQUEST_ID_MAX_LEN} characters of "
+                "A-Z a-z 0-9 . _ : @ -",
+                field=REQUEST_ID_HEADER,
+            )
+            response, outcome = _problem(error), "400"
+        else:
+            response, outcome = await _answer(request, handler)
+        status = response.status
+        _finish(request, response, request_id)
         return response
-    except (RedisError, OSError) as e:  # Redis went away under an endpoint without a fallback
-        error: ApiError = Unavailable(f"Redis is unreachable ({type(e).__name__}); retry shortly")
-        outcome = str(error.status)
-        return _problem(error)
-    except KafkaException as e:  # the broker refused a lifecycle record (admin endpoints)
-        error = Unavailable(f"the broker did not take a record ({e}); retry shortly")
-        outcome = str(error.status)
-        return _problem(error)
-    except ApiError as e:
-        outcome = "error" if e.status >= 500 and not e.retriable else str(e.status)
-        return _problem(e)
-    except web.HTTPException as e:
-        outcome = "error" if e.status == 500 else str(e.status)
-        raise
     except asyncio.CancelledError:
-        outcome = "cancelled"  # the client went away
-        raise
-    except Exception:
-        outcome = "error"
-        log.exception("%s %s failed", request.method, request.path)
-        return _problem(ApiError("internal error; see the server log"))
-    except BaseException:
-        outcome = "error"
+        status, outcome = 499, "cancelled"  # the client went away
         raise
     finally:
-        metrics.REQUESTS.labels(route, outcome).observe(time.perf_counter() - started)
+        elapsed_s = time.perf_counter() - started
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        metrics.REQUESTS.labels(route, outcome).observe(elapsed_s)
+        if access.isEnabledFor(logging.INFO):
+            access.info(
+                "%s %s %d %.1fms %s",
+                request.method,
+                request.path,
+                status,
+                elapsed_s * 1000,
+                request_id,
+                extra={"method": request.method, "path": request.path, "status": status,
+                       "duration_ms": round(elapsed_s * 1000, 3)},
+            )  # fmt: skip
+        REQUEST_ID.reset(token)
+
+
+async def _answer(request: web.Request, handler: Handler) -> tuple[web.StreamResponse, str]:
+    """The handler's answer and its outcome label; any error becomes a problem document. An
+    answer from a bug is a 500 counted as ``outcome="error"``."""
+    try:
+        preflight = _preflight(request)
+        if preflight is not None:
+            return preflight, "ok"
+        response = await handler(request)
+        return response, request.get(OUTCOME, "ok")
+    except (RedisError, OSError) as e:  # Redis went away under an endpoint without a fallback
+        error: ApiError = Unavailable(f"Redis is unreachable ({type(e).__name__}); retry shortly")
+        return _problem(error), str(error.status)
+    except KafkaException as e:  # the broker refused a lifecycle record (admin endpoints)
+        error = Unavailable(f"the broker did not take a record ({e}); retry shortly")
+        return _problem(error), str(error.status)
+    except ApiError as e:
+        return _problem(e), "error" if e.status >= 500 and not e.retriable else str(e.status)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return _http_problem(e), "error" if e.status >= 500 else str(e.status)
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return _problem(ApiError("internal error; see the server log")), "error"
 
 
 def _problem(error: ApiError) -> web.Response:
-    body = {"error": str(error), "field": error.field, "index": error.index, **error.details}
     return web.Response(
-        body=orjson.dumps(body),
+        body=orjson.dumps({**error.problem(), "request_id": REQUEST_ID.get()}),
         status=error.status,
-        content_type="application/json",
+        content_type=PROBLEM_JSON,
         headers=error.headers or None,
+    )
+
+
+def _http_problem(e: web.HTTPException) -> web.Response:
+    """aiohttp's own errors (no route, wrong method, body too large) as problem documents,
+    keeping their headers (``Allow`` of a 405)."""
+    body = {
+        "type": "about:blank",
+        "title": e.reason,
+        "status": e.status,
+        "detail": e.text if e.text and e.text != f"{e.status}: {e.reason}" else e.reason,
+        "request_id": REQUEST_ID.get(),
+    }
+    headers = {k: v for k, v in e.headers.items() if k not in ("Content-Type", "Content-Length")}
+    if e.status == 503:
+        headers.setdefault("Retry-After", "1")
+    return web.Response(
+        body=orjson.dumps(body), status=e.status, content_type=PROBLEM_JSON, headers=headers
+    )
+
+
+def _finish(request: web.Request, response: web.StreamResponse, request_id: str) -> None:
+    """Headers every answer carries, and gzip when the client asks for it."""
+    response.headers[REQUEST_ID_HEADER] = request_id
+    origin = request.headers.get("Origin")
+    if origin is not None and _origin_allowed(request, origin):
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Expose-Headers"] = CORS_EXPOSED_HEADERS
+        response.headers.add("Vary", "Origin")
+    if isinstance(response, web.Response) and not response.prepared:
+        body = response.body
+        if isinstance(body, bytes) and len(body) >= MIN_GZIP_BYTES:
+            response.headers.add("Vary", "Accept-Encoding")
+            if _accepts_gzip(request.headers.get("Accept-Encoding")):
+                response.enable_compression(web.ContentCoding.gzip)
+
+
+def _accepts_gzip(header: str | None) -> bool:
+    """Whether an ``Accept-Encoding`` header allows gzip (by name or ``*``, with q > 0)."""
+    if not header:
+        return False
+    for part in header.lower().split(","):
+        name, _, params = part.partition(";")
+        if name.strip() in ("gzip", "*"):
+            q = params.strip()
+            return not q.startswith("q=") or _quality(q[2:]) > 0
+    return False
+
+
+def _quality(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return 0.0
+
+
+def _origin_allowed(request: web.Request, origin: str) -> bool:
+    allowed = request.app[SETTINGS].cors_origins
+    return origin in allowed or "*" in allowed
+
+
+def _preflight(request: web.Request) -> web.Response | None:
+    """The answer to a CORS preflight from an allowed origin for a method the path has; None
+    for anything else (the router answers it, a 405 for OPTIONS)."""
+    if request.method != "OPTIONS":
+        return None
+    origin = request.headers.get("Origin")
+    wanted = request.headers.get("Access-Control-Request-Method")
+    failed = request.match_info.http_exception
+    if origin is None or wanted is None or not isinstance(failed, web.HTTPMethodNotAllowed):
+        return None
+    if wanted not in failed.allowed_methods or not _origin_allowed(request, origin):
+        return None
+    return web.Response(
+        status=204,
+        headers={
+            "Access-Control-Allow-Methods": ", ".join(sorted(failed.allowed_methods)),
+            "Access-Control-Allow-Headers": CORS_ALLOWED_HEADERS,
+            "Access-Control-Max-Age": str(CORS_MAX_AGE_S),
+        },
     )
 
 
@@ -117,7 +240,7 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: Settings) -> web.Application:
     """The API with its routes; clients are opened when it starts."""
-    app = web.Application(middlewares=[errors_and_metrics], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(middlewares=[contract], client_max_size=MAX_BODY_BYTES)
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_clients)
     app.router.add_get("/v1/recommendations/{user_id}", handlers.recommendations)

@@ -12,14 +12,14 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import orjson
 import pydantic
-import pydantic.json_schema
 from aiohttp import web
 from confluent_kafka import Producer
 from pydantic import BaseModel, ConfigDict
+from pydantic.json_schema import JsonSchemaMode
 
 from tandem.api import metrics, openapi
 from tandem.api.exceptions import BadRequest, Conflict, NotFound
@@ -28,6 +28,8 @@ from tandem.api.handlers import _device, _k, _require_admin, _store
 from tandem.api.keys import ADMIN, PRODUCER, REDIS, SETTINGS
 from tandem.api.lag import DEFAULT_GROUPS, GroupLag, LagReader
 from tandem.api.latency import Latency, LiveWindow
+from tandem.api.models import VersionId
+from tandem.contracts.domain import Device
 from tandem.contracts.exceptions import ValidationError
 from tandem.contracts.ids import check_id, check_version
 from tandem.contracts.versions import State, announce
@@ -38,7 +40,7 @@ from tandem.store.online import OnlineReader
 from tandem.store.registry import VersionInfo, now_ms
 
 STATIC_DIR = Path(__file__).parent / "console_static"
-ASSETS = frozenset({"console.js", "console.css"})
+ASSETS = {"console.js": "application/javascript", "console.css": "text/css"}  # name: type
 # States a version may be made live from by hand: those that passed the gates and were live
 # before. Not an ingested version: the registry does not record whether it was gated (the
 # materializer skips the gates of a version older than the live one), so it goes live through
@@ -107,7 +109,7 @@ class Overview(Model):
 class CutoverIn(Model):
     """POST /v1/admin/stores/{store}/cutover body."""
 
-    version: str | int
+    version: VersionId
 
 
 class CutoverOut(Model):
@@ -118,84 +120,52 @@ class CutoverOut(Model):
     previous: str | None
 
 
-def openapi_paths() -> tuple[dict[str, Any], dict[str, Any]]:
-    """The console's paths and their component schemas (from the models above), for the
-    OpenAPI document."""
-    ref = "#/components/schemas/{model}"
-    models: list[type[BaseModel]] = [Overview, CutoverIn, CutoverOut, Explanation]
-    _, found = pydantic.json_schema.models_json_schema(
-        [(m, "validation" if m is CutoverIn else "serialization") for m in models],
-        ref_template=ref,
-    )
-    schemas: dict[str, Any] = found["$defs"]
+MODELS: tuple[tuple[type[BaseModel], JsonSchemaMode], ...] = (
+    (Overview, "serialization"),
+    (CutoverIn, "validation"),
+    (CutoverOut, "serialization"),
+    (Explanation, "serialization"),
+)
 
-    def answer(model: type[BaseModel]) -> dict[str, Any]:
-        schema = {"$ref": ref.format(model=model.__name__)}
-        return {"200": {"description": "ok", "content": {openapi.JSON: {"schema": schema}}}}
 
-    def admin(operation_id: str, summary: str, **rest: Any) -> dict[str, Any]:
-        return {"operationId": operation_id, "summary": summary, "security": openapi.ADMIN, **rest}
-
-    query = [
-        {"name": "user", "in": "query", "required": True, "schema": {"type": "string"}},
+def operations() -> list[openapi.Operation]:
+    """The console's routes for the OpenAPI document (their schemas come from MODELS)."""
+    Op = openapi.Operation
+    query = (
+        {"name": "user", "in": "query", "required": True, "schema": openapi.ID_SCHEMA},
         {"name": "k", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200}},
-        {"name": "device", "in": "query", "schema": {"type": "string"}},
-    ]
-    html = {"200": {"description": "the console", "content": {"text/html": {}}}}
-    paths = {
-        "/console": {
-            "get": {"operationId": "consolePage", "summary": "The web console", "responses": html}
-        },
-        "/console/{name}": {
-            "get": {
-                "operationId": "consoleAsset",
-                "summary": "The console's script or style sheet",
-                "parameters": [
-                    {
-                        "name": "name",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"enum": sorted(ASSETS)},
-                    }
-                ],
-                "responses": {"200": {"description": "the file"}, **openapi._error_responses(404)},
-            }
-        },
-        "/v1/admin/overview": {
-            "get": admin(
-                "adminOverview",
-                "Versions of every store, consumer lag, live latency and degraded share",
-                responses={**answer(Overview), **openapi._error_responses(401, 403, 404, 503)},
-            )
-        },
-        "/v1/admin/stores/{store}/cutover": {
-            "post": admin(
-                "adminCutover",
-                "Make a verified version of a store live (announced on tandem.versions)",
-                parameters=[openapi.STORE_PARAM],
-                requestBody={
-                    "required": True,
-                    "content": {openapi.JSON: {"schema": {"$ref": ref.format(model="CutoverIn")}}},
-                },
-                responses={
-                    **answer(CutoverOut),
-                    **openapi._error_responses(400, 401, 403, 404, 409, 503),
-                },
-            )
-        },
-        "/v1/admin/explain": {
-            "get": admin(
-                "adminExplain",
-                "Why these items: candidates, sources, session signals, feature contributions",
-                parameters=query,
-                responses={
-                    **answer(Explanation),
-                    **openapi._error_responses(400, 401, 403, 404, 503),
-                },
-            )
-        },
+        {"name": "device", "in": "query", "schema": {"enum": sorted(Device)}},
+    )
+    cutover = {
+        "required": True,
+        "content": {openapi.JSON: {"schema": {"$ref": openapi.REF.format(model="CutoverIn")}}},
     }
-    return paths, schemas
+    admin = (401, 403, 404, 503)
+    return [
+        Op("get", "/console", "consolePage", "The web console", (200, None), text="text/html"),
+        *(
+            Op("get", f"/console/{name}", f"console{name.split('.')[1].title()}",
+               f"The console's {'script' if name.endswith('js') else 'style sheet'}",
+               (200, None), text=media)
+            for name, media in sorted(ASSETS.items())
+        ),
+        Op(
+            "get", "/v1/admin/overview", "adminOverview",
+            "Versions of every store, consumer lag, live latency and degraded share",
+            (200, "Overview"), admin, admin=True,
+        ),
+        Op(
+            "post", "/v1/admin/stores/{store}/cutover", "adminCutover",
+            "Make a verified version of a store live (announced on tandem.versions)",
+            (200, "CutoverOut"), (400, *admin, 409), (openapi.STORE_PARAM,), admin=True,
+            body=cutover,
+        ),
+        Op(
+            "get", "/v1/admin/explain", "adminExplain",
+            "Why these items: candidates, sources, session signals, feature contributions",
+            (200, "Explanation"), (400, *admin), query, admin=True,
+        ),
+    ]  # fmt: skip
 
 
 # -- state ------------------------------------------------------------------------------------
@@ -233,11 +203,12 @@ async def page(_request: web.Request) -> web.FileResponse:
 
 
 async def asset(request: web.Request) -> web.FileResponse:
-    """GET /console/{name}: the page's script and style sheet."""
-    name = request.match_info["name"]
+    """GET /console/console.js and /console/console.css: the page's script and style sheet."""
+    name = request.path.rsplit("/", 1)[-1]
     if name not in ASSETS:
         raise NotFound(f"no console file {name!r}")
-    return web.FileResponse(STATIC_DIR / name, headers=SECURITY_HEADERS)
+    headers = {**SECURITY_HEADERS, "Content-Type": ASSETS[name]}
+    return web.FileResponse(STATIC_DIR / name, headers=headers)
 
 
 # -- overview ---------------------------------------------------------------------------------
@@ -388,7 +359,8 @@ def register(app: web.Application) -> None:
     app[CONSOLE] = ConsoleState()
     app.cleanup_ctx.append(_clients)
     app.router.add_get("/console", page)
-    app.router.add_get("/console/{name}", asset)
+    for name in sorted(ASSETS):
+        app.router.add_get(f"/console/{name}", asset)
     app.router.add_get("/v1/admin/overview", overview)
     app.router.add_post("/v1/admin/stores/{store}/cutover", cutover)
     app.router.add_get("/v1/admin/explain", explanation)

@@ -11,7 +11,7 @@ import orjson
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from tandem.api import metrics
+from tandem.api import metrics, models
 from tandem.api.exceptions import (
     BadRequest,
     Conflict,
@@ -21,27 +21,37 @@ from tandem.api.exceptions import (
     Unavailable,
 )
 from tandem.api.keys import ADMIN, OUTCOME, PRODUCER, REDIS, SERVICE, SETTINGS
-from tandem.api.openapi import document
+from tandem.api.openapi import document_bytes
 from tandem.api.producer import AsyncProducer
 from tandem.contracts.domain import DEVICES
 from tandem.contracts.exceptions import ValidationError
 from tandem.contracts.ids import check_id, check_store
 from tandem.contracts.schemas import Event, parse_event
+from tandem.store.admin import StoreVersions
 from tandem.store.exceptions import RollbackRefused
 
 log = logging.getLogger(__name__)
 
-MAX_K = 200
-MAX_EVENTS = 1000
+MAX_K = models.MAX_K
+MAX_EVENTS = models.MAX_EVENTS
 EVENTS_ACK_TIMEOUT_S = 5.0
+_DEFAULT_K = str(models.DEFAULT_K)
 
 
-def _json(body: object, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+def _json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
+    )
+
+
+def _vid(version: int | None) -> str | None:
+    """A version id as JSON carries it: a string (ids exceed 2**53), or null."""
+    return None if version is None else str(version)
 
 
 def _k(request: web.Request) -> int:
-    raw = request.query.get("k", "20")
+    """``k`` of :class:`models.RecommendationsQuery`, checked by hand: this is the hot path."""
+    raw = request.query.get("k", _DEFAULT_K)
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 3) or not 1 <= int(raw) <= MAX_K:
         raise BadRequest(f"k must be an integer from 1 to {MAX_K}", field="k")
     return int(raw)
@@ -71,7 +81,8 @@ async def post_events(request: web.Request) -> web.Response:
         payload = orjson.loads(await request.read())
     except orjson.JSONDecodeError as e:
         raise BadRequest(f"body is not valid JSON: {e}", field="body") from e
-    batch = payload if isinstance(payload, list) else [payload]
+    many = isinstance(payload, list)
+    batch = payload if many else [payload]
     if not 1 <= len(batch) <= MAX_EVENTS:
         raise BadRequest(f"send 1 to {MAX_EVENTS} events per request", field="body")
     now_ms = time.time_ns() // 1_000_000
@@ -80,7 +91,8 @@ async def post_events(request: web.Request) -> web.Response:
         try:
             events.append(parse_event(item, now_ms))
         except ValidationError as e:
-            raise BadRequest(f"event {index}: {e}", field=e.field, index=index) from e
+            where = f"event {index}" if many else "event"
+            raise BadRequest(f"{where}: {e}", field=e.field, index=index if many else None) from e
     refusals = await _acknowledged(request.app[PRODUCER], events)
     accepted = [e.event_id for e, why in zip(events, refusals, strict=True) if why is None]
     metrics.EVENTS.inc(len(accepted))
@@ -161,14 +173,19 @@ async def stores(request: web.Request) -> web.Response:
     """GET /v1/stores (admin)"""
     _require_admin(request)
     overview = await request.app[ADMIN].overview()
-    body = [{"store": s.store, "live": s.live, "backup": s.backup} for s in overview]
-    return _json({"stores": body})
+    return _json({"stores": [_pointers(s) for s in overview]})
+
+
+def _pointers(found: StoreVersions) -> dict[str, object]:
+    return {"store": found.store, "live": _vid(found.live), "backup": _vid(found.backup)}
 
 
 async def store_versions(request: web.Request) -> web.Response:
     """GET /v1/stores/{store}/versions (admin)"""
     _require_admin(request)
-    return _json((await request.app[ADMIN].versions(_store(request))).to_dict())
+    found = await request.app[ADMIN].versions(_store(request))
+    versions = [{**info.to_dict(), "version": str(info.version)} for info in found.versions]
+    return _json({**_pointers(found), "versions": versions})
 
 
 async def rollback(request: web.Request) -> web.Response:
@@ -179,7 +196,7 @@ async def rollback(request: web.Request) -> web.Response:
         rolled_back, live = await request.app[ADMIN].rollback(store)
     except RollbackRefused as e:
         raise Conflict(str(e)) from e
-    return _json({"store": store, "rolled_back": rolled_back, "live": live})
+    return _json({"store": store, "rolled_back": _vid(rolled_back), "live": _vid(live)})
 
 
 async def healthz(_request: web.Request) -> web.Response:
@@ -205,7 +222,9 @@ async def readyz(request: web.Request) -> web.Response:
         "events": broker and problem is None,
     }
     ready = all(checks.values())
-    return _json({"ready": ready, "checks": checks}, 200 if ready else 503)
+    if ready:
+        return _json({"ready": True, "checks": checks})
+    return _json({"ready": False, "checks": checks}, 503, {"Retry-After": "1"})
 
 
 async def _redis_checks(request: web.Request) -> tuple[bool, bool]:
@@ -218,6 +237,6 @@ async def _redis_checks(request: web.Request) -> tuple[bool, bool]:
     return answered, any(s.live is not None for s in overview)
 
 
-async def openapi(request: web.Request) -> web.Response:
+async def openapi(_request: web.Request) -> web.Response:
     """GET /openapi.json"""
-    return _json(document())
+    return web.Response(body=document_bytes(), content_type="application/json")

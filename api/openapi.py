@@ -1,177 +1,237 @@
-"""The OpenAPI 3 document of every endpoint (a test checks it against the routes)."""
+"""The OpenAPI 3.1 document, generated from the models of ``api/models.py`` (a test checks it
+against the routes, and schemathesis checks the server against it)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
-from tandem.contracts.domain import DEVICES, EVENT_TYPES
+import orjson
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
+
+from tandem.api import models
+from tandem.api.exceptions import PROBLEM_TYPES
+from tandem.contracts.schemas import EventBody
 
 JSON = "application/json"
+PROBLEM = "application/problem+json"
+REF = "#/components/schemas/{model}"
 ADMIN: list[dict[str, list[str]]] = [{"bearer": []}]
-
-
-def _response(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {JSON: {"schema": {"type": "object"}}}}
-
-
-def _error_responses(*codes: int) -> dict[str, Any]:
-    text = {
-        400: "bad input; `field` (and `index`) name what",
-        401: "no or unreadable bearer token (with a WWW-Authenticate challenge)",
-        403: "wrong bearer token",
-        404: "unknown, or admin endpoints off",
-        409: "refused (for example, no backup to roll back to)",
-        503: "a dependency is unavailable; retry",
-    }
-    return {str(code): _response(text[code]) for code in codes}
-
-
-EVENT_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["user_id", "item_id", "event_type"],
-    "additionalProperties": False,
-    "properties": {
-        "user_id": {"type": "string", "pattern": "^[A-Za-z0-9._:@-]{1,128}$"},
-        "item_id": {"type": "string", "pattern": "^[A-Za-z0-9._:@-]{1,128}$"},
-        "event_type": {"enum": sorted(EVENT_TYPES)},
-        "ts": {"oneOf": [{"type": "integer"}, {"type": "string", "format": "date-time"}]},
-        "event_id": {"type": "string", "pattern": "^[A-Za-z0-9._:@-]{1,128}$"},
-        "device": {"enum": sorted(DEVICES)},
-        "session_id": {"type": "string", "pattern": "^[A-Za-z0-9._:@-]{1,128}$"},
-        "context": {"type": "object", "maxProperties": 16},
-    },
+ID_SCHEMA = {"type": "string", "pattern": models.REQUEST_ID_PATTERN}
+REQUEST_ID_HEADER = {
+    "name": "X-Request-ID",
+    "in": "header",
+    "required": False,
+    "description": "echoed in the response and in every log line of the request; made when absent",
+    "schema": ID_SCHEMA,
 }
-
-
-def _admin_path(summary: str, method: str, params: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        method: {
-            "summary": summary,
-            "security": ADMIN,
-            "parameters": params,
-            "responses": {"200": _response("ok"), **_error_responses(401, 403, 404, 409)},
-        }
-    }
-
-
 STORE_PARAM = {
     "name": "store",
     "in": "path",
     "required": True,
-    "schema": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,31}$"},
+    "schema": {"type": "string", "pattern": models.STORE_PATTERN},
 }
+ERRORS = {
+    400: "bad input: `field` (and `index` in a batch) name what failed",
+    401: "no bearer token, or one that cannot be one (with a WWW-Authenticate challenge)",
+    403: "wrong bearer token",
+    404: "unknown, or admin endpoints off",
+    409: "refused in the current state (for example, no backup to roll back to)",
+    413: "body larger than 1 MiB",
+    503: "a dependency is unavailable; retry after `Retry-After` seconds",
+}
+RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
+    models.Recommendations,
+    models.EventsAccepted,
+    models.Stores,
+    models.StoreVersions,
+    models.RolledBack,
+    models.Health,
+    models.Ready,
+    models.Problem,
+    models.EventsProblem,
+)
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One documented route."""
+
+    method: str
+    path: str
+    operation_id: str
+    summary: str
+    ok: tuple[int, str | None]  # status, model name (None: not JSON)
+    errors: tuple[int, ...] = ()
+    params: tuple[dict[str, Any], ...] = ()
+    admin: bool = False
+    body: dict[str, Any] | None = None
+    text: str = "text/plain"  # the media type of an answer that is not JSON
+    problem_models: dict[int, str] = field(default_factory=dict)
+
+
+def _query_params(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """Query parameters from a model's fields (a query has no null: an optional one is absent)."""
+    params = []
+    for name, prop in model.model_json_schema(ref_template=REF)["properties"].items():
+        schema = {k: v for k, v in prop.items() if k not in ("title", "description")}
+        options = [option for option in schema.pop("anyOf", []) if option != {"type": "null"}]
+        if options:
+            schema = {**options[0], **schema}
+        if schema.get("default", 0) is None:
+            del schema["default"]
+        description = prop.get("description", "")
+        params.append({"name": name, "in": "query", "description": description, "schema": schema})
+    return params
+
+
+def _operations() -> list[Operation]:
+    user = {"name": "user_id", "in": "path", "required": True, "schema": ID_SCHEMA}
+    events_body = {
+        "required": True,
+        "content": {JSON: {"schema": {"$ref": REF.format(model="EventsRequest")}}},
+    }
+    admin_errors = (401, 403, 404)
+    return [
+        Operation(
+            "get", "/v1/recommendations/{user_id}", "getRecommendations",
+            "Re-ranked recommendations for a user, within the deadline",
+            (200, "Recommendations"), (400, 503),
+            (user, *_query_params(models.RecommendationsQuery)),
+        ),
+        Operation(
+            "post", "/v1/events", "postEvents",
+            "Ingest one event or a list of up to 1,000; 202 once the broker acknowledged all",
+            (202, "EventsAccepted"), (400, 413, 503), body=events_body,
+            problem_models={503: "EventsProblem"},
+        ),
+        Operation(
+            "get", "/v1/stores", "listStores", "Stores with live and backup versions",
+            (200, "Stores"), (*admin_errors, 503), admin=True,
+        ),
+        Operation(
+            "get", "/v1/stores/{store}/versions", "listStoreVersions", "Versions of a store",
+            (200, "StoreVersions"), (400, *admin_errors, 503), (STORE_PARAM,), admin=True,
+        ),
+        Operation(
+            "post", "/v1/stores/{store}/rollback", "rollbackStore",
+            "Flip a store back to its backup version",
+            (200, "RolledBack"), (400, *admin_errors, 409, 503), (STORE_PARAM,), admin=True,
+        ),
+        Operation("get", "/healthz", "getHealth", "Process alive", (200, "Health")),
+        Operation(
+            "get", "/readyz", "getReadiness",
+            "Redis and broker reachable, events accepted now, a live version known",
+            (200, "Ready"), problem_models={503: "Ready"}, errors=(503,),
+        ),
+        Operation("get", "/metrics", "getMetrics", "Prometheus metrics", (200, None)),
+        Operation("get", "/openapi.json", "getOpenApi", "This document", (200, "OpenAPI")),
+    ]  # fmt: skip
+
+
+def _headers(status: int) -> dict[str, Any]:
+    headers: dict[str, Any] = {
+        "X-Request-ID": {"description": "the request's id", "schema": ID_SCHEMA}
+    }
+    if status == 503:
+        headers["Retry-After"] = {
+            "required": True,
+            "description": "seconds",
+            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+        }
+    if status == 401:
+        headers["WWW-Authenticate"] = {"required": True, "schema": {"type": "string"}}
+    return headers
+
+
+def _content(model: str | None, media: str = JSON) -> dict[str, Any]:
+    if model is None:
+        return {media: {"schema": {"type": "string"}}}
+    if model == "OpenAPI":
+        return {JSON: {"schema": {"type": "object"}}}
+    return {media: {"schema": {"$ref": REF.format(model=model)}}}
+
+
+def _path_item(op: Operation) -> dict[str, Any]:
+    status, model = op.ok
+    responses: dict[str, Any] = {
+        str(status): {
+            "description": "ok",
+            "headers": _headers(status),
+            "content": _content(model, op.text if model is None else JSON),
+        }
+    }
+    for code in sorted({*op.errors, 400, 404, 405}):  # 400: a malformed X-Request-ID
+        problem = op.problem_models.get(code, "Problem")
+        media = JSON if problem == "Ready" else PROBLEM
+        responses[str(code)] = {
+            "description": ERRORS.get(code, "method not allowed" if code == 405 else "not ready"),
+            "headers": _headers(code),
+            "content": _content(problem, media),
+        }
+    item: dict[str, Any] = {
+        "operationId": op.operation_id,
+        "summary": op.summary,
+        "parameters": [*op.params, REQUEST_ID_HEADER],
+        "responses": responses,
+    }
+    if op.admin:
+        item["security"] = ADMIN
+    if op.body is not None:
+        item["requestBody"] = op.body
+    return item
+
+
+def _schemas(extra: Sequence[tuple[type[BaseModel], JsonSchemaMode]]) -> dict[str, Any]:
+    _, top = models_json_schema(
+        [(m, "serialization") for m in RESPONSE_MODELS] + [(EventBody, "validation"), *extra],
+        ref_template=REF,
+    )
+    schemas: dict[str, Any] = top["$defs"]
+    schemas["EventsRequest"] = {
+        "oneOf": [
+            {"$ref": REF.format(model="EventBody")},
+            {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": models.MAX_EVENTS,
+                "items": {"$ref": REF.format(model="EventBody")},
+            },
+        ]
+    }
+    return schemas
+
+
+@cache
+def document_bytes() -> bytes:
+    """The document as JSON, made once."""
+    return orjson.dumps(document())
 
 
 def document() -> dict[str, Any]:
     """The whole OpenAPI document."""
-    from tandem.api.console import openapi_paths  # the console's module imports this one
+    from tandem.api import console  # the console's module imports this one
 
-    found = _document()
-    paths, schemas = openapi_paths()
-    found["paths"].update(paths)
-    found["components"]["schemas"].update(schemas)
-    return found
-
-
-def _document() -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for op in [*_operations(), *console.operations()]:
+        paths.setdefault(op.path, {})[op.method] = _path_item(op)
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {
             "title": "tandem",
             "version": "0.1.0",
-            "description": "Two-stage recommendation serving.",
+            "description": (
+                "Two-stage recommendation serving. Errors are RFC 7807 problem documents; "
+                "version ids are strings of digits (they exceed 2^53). Problem types: "
+                + ", ".join(sorted(PROBLEM_TYPES))
+            ),
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {"Event": EVENT_SCHEMA},
+            "schemas": _schemas(console.MODELS),
         },
-        "paths": {
-            "/v1/recommendations/{user_id}": {
-                "get": {
-                    "summary": "Re-ranked recommendations for a user, within the deadline",
-                    "parameters": [
-                        {
-                            "name": "user_id",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:@-]{1,128}$"},
-                        },
-                        {
-                            "name": "k",
-                            "in": "query",
-                            "schema": {
-                                "type": "integer",
-                                "minimum": 1,
-                                "maximum": 200,
-                                "default": 20,
-                            },
-                        },
-                        {
-                            "name": "device",
-                            "in": "query",
-                            "schema": {"enum": sorted(DEVICES)},
-                        },
-                    ],
-                    "responses": {
-                        "200": _response(
-                            "items with scores and sources, versions used, "
-                            "cached, degraded, took_ms"
-                        ),
-                        **_error_responses(400, 503),
-                    },
-                }
-            },
-            "/v1/events": {
-                "post": {
-                    "summary": "Ingest one event or a list of up to 1,000",
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            JSON: {
-                                "schema": {
-                                    "oneOf": [
-                                        {"$ref": "#/components/schemas/Event"},
-                                        {
-                                            "type": "array",
-                                            "maxItems": 1000,
-                                            "items": {"$ref": "#/components/schemas/Event"},
-                                        },
-                                    ]
-                                }
-                            }
-                        },
-                    },
-                    "responses": {
-                        "202": _response("every event acknowledged by the broker"),
-                        **_error_responses(400, 503),
-                    },
-                }
-            },
-            "/v1/stores": _admin_path("Stores with live and backup versions", "get", []),
-            "/v1/stores/{store}/versions": _admin_path("Versions of a store", "get", [STORE_PARAM]),
-            "/v1/stores/{store}/rollback": _admin_path(
-                "Flip a store back to its backup", "post", [STORE_PARAM]
-            ),
-            "/healthz": {
-                "get": {"summary": "Process alive", "responses": {"200": _response("ok")}}
-            },
-            "/readyz": {
-                "get": {
-                    "summary": (
-                        "Redis and broker reachable, events accepted now (producer usable, "
-                        "every events partition led), a live version known"
-                    ),
-                    "responses": {"200": _response("ready"), "503": _response("not ready")},
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "summary": "Prometheus metrics",
-                    "responses": {"200": {"description": "text exposition"}},
-                }
-            },
-            "/openapi.json": {
-                "get": {"summary": "This document", "responses": {"200": _response("OpenAPI 3")}}
-            },
-        },
+        "paths": paths,
     }

@@ -17,6 +17,7 @@ import uvloop
 from aiohttp import web
 
 from tandem.api.app import create_app
+from tandem.contracts import logctx
 from tandem.contracts.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ def serve_one(
     if parent is not None:
         _die_with_parent(parent)
     uvloop.install()
+    logctx.install()  # every log line of a request carries its X-Request-ID
     web.run_app(
         create_app(settings),
         host=host,

@@ -269,12 +269,21 @@ def _core(
         {
             "user_id": user,
             "items": items,
-            "versions": {U2I: versions.u2i, I2I: versions.i2i, POPULAR: versions.popular},
+            # Version ids exceed 2**53: JSON carries them as strings.
+            "versions": {
+                U2I: _vid(versions.u2i),
+                I2I: _vid(versions.i2i),
+                POPULAR: _vid(versions.popular),
+            },
             "reranker": reranker,
             "degraded": degraded,
             "degraded_reason": reason,
         }
     )
+
+
+def _vid(version: int | None) -> str | None:
+    return None if version is None else str(version)
 
 
 def _envelope(core: bytes, *, cached: bool, started: float) -> bytes:

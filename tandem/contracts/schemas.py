@@ -1,27 +1,86 @@
-"""The wire formats of DESIGN.md: the interaction event and the candidate list."""
+"""The wire formats of DESIGN.md: the interaction event and the candidate list.
+
+The event's one definition is :class:`EventBody` (a pydantic model): it validates every event that
+enters tandem (HTTP, files, the events topic) and its JSON Schema is the API's ``Event`` schema.
+Only the rule JSON Schema cannot state (``ts`` within the server's clock window) is checked apart.
+"""
 
 from __future__ import annotations
 
 import math
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
+import pydantic
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
 
-from tandem.contracts.domain import DEVICES, EVENT_TYPES
+from tandem.contracts.domain import Device, EventType
 from tandem.contracts.exceptions import ValidationError
-from tandem.contracts.ids import check_id
+from tandem.contracts.ids import ID_MAX_LEN, ID_RULE, check_id
 
 MAX_FUTURE_MS = 5 * 60 * 1000
 MAX_CONTEXT_KEYS = 16
 MAX_CONTEXT_KEY_LEN = 64
 MAX_CONTEXT_VALUE_LEN = 256
 MAX_CANDIDATES = 5000
-_EVENT_FIELDS = frozenset(
-    {"user_id", "item_id", "event_type", "ts", "event_id", "device", "session_id", "context"}
+ID_PATTERN = rf"^[A-Za-z0-9._:@-]{{1,{ID_MAX_LEN}}}$"
+# RFC 3339 (years 1970-9999, no leap second): what ``datetime.fromisoformat`` reads exactly.
+RFC3339_PATTERN = (
+    r"^(19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt]"
+    r"([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,6})?"
+    r"([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
 )
+TS_RULE = "must be epoch milliseconds (an integer ≥ 0) or an RFC 3339 time"
+_RFC3339_RE = re.compile(RFC3339_PATTERN)
+
+Id = Annotated[str, Field(strict=True, pattern=ID_PATTERN, examples=["u42"])]
+ContextKey = Annotated[str, Field(strict=True, min_length=1, max_length=MAX_CONTEXT_KEY_LEN)]
+ContextValue = (
+    Annotated[str, Field(strict=True, max_length=MAX_CONTEXT_VALUE_LEN)]
+    | StrictInt
+    | Annotated[float, Field(strict=True, allow_inf_nan=False)]
+)
+
+
+def _integral(value: object) -> object:
+    """An integral JSON number written with a fraction (``5.0``) as the integer it is: JSON
+    Schema counts it as an integer, so tandem does too."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+EpochMs = Annotated[
+    int, Field(strict=True, ge=0, description="epoch milliseconds"), BeforeValidator(_integral)
+]
+Rfc3339 = Annotated[
+    str, Field(strict=True, pattern=RFC3339_PATTERN, json_schema_extra={"format": "date-time"})
+]
+
+
+class EventBody(BaseModel):
+    """One interaction event as JSON (``ts`` absent: the time received; ``event_id`` absent: a
+    new one). ``ts`` must not be more than 5 minutes ahead of the receiver's clock."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="Event")
+
+    user_id: Id
+    item_id: Id
+    event_type: EventType
+    ts: EpochMs | Rfc3339 | None = Field(
+        None, description="epoch milliseconds or an RFC 3339 time, at most 5 minutes ahead"
+    )
+    event_id: Id | None = Field(None, description="repeat it on a retry: counted once")
+    device: Device | None = None
+    session_id: Id | None = None
+    context: dict[ContextKey, ContextValue] | None = Field(None, max_length=MAX_CONTEXT_KEYS)
+
+
+_ID_FIELDS = frozenset({"user_id", "item_id", "event_id", "session_id"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,78 +115,70 @@ class Event:
 
 
 def parse_ts_ms(value: object, now_ms: int) -> int:
-    """Epoch milliseconds from an integer or an RFC 3339 string; absent means ``now_ms``."""
+    """Epoch milliseconds from an integer or an RFC 3339 string; absent means ``now_ms``. The
+    time may not be more than 5 minutes ahead of ``now_ms`` (a clock window JSON Schema cannot
+    state)."""
     if value is None:
         return now_ms
-    if isinstance(value, bool):
-        raise ValidationError("ts", "must be epoch milliseconds or an RFC 3339 time")
-    if isinstance(value, int):
+    value = _integral(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         ts_ms = value
-    elif isinstance(value, str):
+    elif isinstance(value, str) and _RFC3339_RE.fullmatch(value):
         try:
-            parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-        except ValueError:
-            raise ValidationError("ts", "must be epoch milliseconds or an RFC 3339 time") from None
-        if parsed.tzinfo is None:
-            raise ValidationError("ts", "an RFC 3339 time needs a UTC offset (or Z)")
+            parsed = datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
+        except ValueError:  # a day the month does not have
+            raise ValidationError("ts", TS_RULE) from None
         ts_ms = int(parsed.timestamp() * 1000)
+        if ts_ms < 0:
+            raise ValidationError("ts", "must not be before 1970")
     else:
-        raise ValidationError("ts", "must be epoch milliseconds or an RFC 3339 time")
-    if ts_ms < 0:
-        raise ValidationError("ts", "must not be before 1970")
+        raise ValidationError("ts", TS_RULE)
     if ts_ms > now_ms + MAX_FUTURE_MS:
         raise ValidationError("ts", "must not be more than 5 minutes in the future")
     return ts_ms
 
 
-def _check_context(value: object) -> dict[str, str | int | float] | None:
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise ValidationError("context", "must be an object")
-    if len(value) > MAX_CONTEXT_KEYS:
-        raise ValidationError("context", f"must have at most {MAX_CONTEXT_KEYS} keys")
-    for key, item in value.items():
-        if not isinstance(key, str) or not 0 < len(key) <= MAX_CONTEXT_KEY_LEN:
-            raise ValidationError("context", f"keys must be 1-{MAX_CONTEXT_KEY_LEN} characters")
-        if isinstance(item, str):
-            if len(item) > MAX_CONTEXT_VALUE_LEN:
-                raise ValidationError(f"context.{key}", "string longer than 256 characters")
-        elif isinstance(item, bool) or not isinstance(item, int | float):
-            raise ValidationError(f"context.{key}", "must be a string or a number")
-        elif not math.isfinite(item):
-            raise ValidationError(f"context.{key}", "must be finite")
-    return value
-
-
-def _check_choice(value: object, field: str, choices: frozenset[str]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise ValidationError(field, "must be one of " + ", ".join(sorted(choices)))
-    return value
+def _first_problem(error: pydantic.ValidationError) -> ValidationError:
+    """The first thing wrong with an event, as the field that failed and its rule."""
+    err = error.errors(include_url=False)[0]
+    loc = err["loc"]
+    if not loc:
+        return ValidationError("event", "must be a JSON object")
+    field = str(loc[0])
+    if err["type"] == "extra_forbidden":
+        return ValidationError(field, "unknown field")
+    if err["type"] == "missing":
+        return ValidationError(field, "required")
+    if field in _ID_FIELDS:
+        return ValidationError(field, f"must be a string of {ID_RULE}")
+    if field == "ts":
+        return ValidationError(field, TS_RULE)
+    if field == "context" and len(loc) >= 2 and "[key]" not in loc:
+        return ValidationError(f"context.{loc[1]}", "must be a string (≤ 256) or a finite number")
+    if field == "context":
+        return ValidationError(
+            field,
+            f"must be an object of at most {MAX_CONTEXT_KEYS} keys of 1-{MAX_CONTEXT_KEY_LEN} "
+            "characters",
+        )
+    return ValidationError(field, err["msg"])
 
 
 def parse_event(obj: object, now_ms: int) -> Event:
     """Validate one decoded JSON event; raise :class:`ValidationError` naming the field."""
-    if not isinstance(obj, dict):
-        raise ValidationError("event", "must be a JSON object")
-    unknown = obj.keys() - _EVENT_FIELDS
-    if unknown:
-        raise ValidationError(sorted(unknown)[0], "unknown field")
-    for field in ("user_id", "item_id", "event_type"):
-        if field not in obj:
-            raise ValidationError(field, "required")
-    device = obj.get("device")
-    session_id = obj.get("session_id")
-    event_id = obj.get("event_id")
+    try:
+        body = EventBody.model_validate(obj)
+    except pydantic.ValidationError as e:
+        raise _first_problem(e) from None
     return Event(
-        user_id=check_id(obj["user_id"], "user_id"),
-        item_id=check_id(obj["item_id"], "item_id"),
-        event_type=_check_choice(obj["event_type"], "event_type", EVENT_TYPES),
-        ts_ms=parse_ts_ms(obj.get("ts"), now_ms),
-        event_id=uuid.uuid4().hex if event_id is None else check_id(event_id, "event_id"),
-        device=None if device is None else _check_choice(device, "device", DEVICES),
-        session_id=None if session_id is None else check_id(session_id, "session_id"),
-        context=_check_context(obj.get("context")),
+        user_id=body.user_id,
+        item_id=body.item_id,
+        event_type=str(body.event_type),
+        ts_ms=parse_ts_ms(body.ts, now_ms),
+        event_id=body.event_id or uuid.uuid4().hex,
+        device=None if body.device is None else str(body.device),
+        session_id=body.session_id,
+        context=body.context,
     )
 
 

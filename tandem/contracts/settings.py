@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     api_cache_ttl_s: int = Field(default=60, ge=5, le=3600)
     api_redis_timeout_ms: int = Field(default=30, ge=1, le=10_000)
     metrics_host: str = "127.0.0.1"
+    # Origins whose browsers may call the API (CORS), as a JSON list: ["https://shop.example"].
+    cors_origins: tuple[str, ...] = ()
     # Extra librdkafka settings (a JSON object) for every Kafka client, e.g. security.protocol,
     # sasl.mechanism, sasl.username, sasl.password, ssl.ca.location for a managed cluster. Kept
     # secret: it is never logged or printed.
@@ -91,6 +93,17 @@ class Settings(BaseSettings):
             host, _, port = server.strip().rpartition(":")
             if not host or not port.isascii() or not port.isdigit():
                 raise ValueError(f"{server!r} is not host:port (e.g. 127.0.0.1:9092)")
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in value:
+            parts = urlsplit(origin)
+            if origin != "*" and (
+                parts.scheme not in ("http", "https") or not parts.netloc or parts.path
+            ):
+                raise ValueError(f"{origin!r} is not an origin (e.g. https://shop.example:8443)")
         return value
 
     @field_validator("kafka_config")

@@ -127,7 +127,8 @@ async def _post(
 
 async def _live(demo: Demo, http: aiohttp.ClientSession) -> dict[str, int | None]:
     body = await _get(demo, http, "/v1/stores", headers=demo.auth)
-    return {s["store"]: s["live"] for s in body["stores"]}
+    # The API sends version ids as strings (they exceed 2**53).
+    return {s["store"]: None if s["live"] is None else int(s["live"]) for s in body["stores"]}
 
 
 async def _fresh(demo: Demo, http: aiohttp.ClientSession, user: str, k: int) -> dict[str, Any]:
@@ -237,7 +238,7 @@ async def _replay(
     story = demo.story
     story.step(f"Redis loses u2i v{version}; `tandem replay u2i --version {version}` rebuilds it")
     versions = await _get(demo, http, "/v1/stores/u2i/versions", headers=demo.auth)
-    original = next(v for v in versions["versions"] if v["version"] == version)
+    original = next(v for v in versions["versions"] if int(v["version"]) == version)
     redis = connect(demo.settings)
     try:
         dropped = await Lifecycle(redis, Keys(demo.settings.key_prefix)).drop("u2i", version)
@@ -249,7 +250,7 @@ async def _replay(
     )
     code = await asyncio.to_thread(replay.proc.wait, STEP_TIMEOUT_S)
     versions = await _get(demo, http, "/v1/stores/u2i/versions", headers=demo.auth)
-    rebuilt = next(v for v in versions["versions"] if v["version"] == version)
+    rebuilt = next(v for v in versions["versions"] if int(v["version"]) == version)
     same = code == 0 and rebuilt["checksum"] == original["checksum"]
     story.add(
         "replay",

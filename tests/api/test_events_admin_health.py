@@ -94,20 +94,20 @@ async def test_admin_auth(client: Client, redis: Redis, keys: Keys, settings: Se
     assert (await client.get("/v1/stores", headers=not_utf8)).status == 403
     status, body = await call(client, "GET", "/v1/stores", headers=AUTH)
     assert status == 200
-    assert {"store": "u2i", "live": 2, "backup": 1} in body["stores"]
+    assert {"store": "u2i", "live": "2", "backup": "1"} in body["stores"]
     status, body = await call(client, "GET", "/v1/stores/u2i/versions", headers=AUTH)
-    assert [v["version"] for v in body["versions"]] == [1, 2]
+    assert [v["version"] for v in body["versions"]] == ["1", "2"]
     assert (await client.post("/v1/stores/u2i/rollback")).status == 401
     status, body = await call(client, "POST", "/v1/stores/u2i/rollback", headers=AUTH)
-    assert (status, body["live"], body["rolled_back"]) == (200, 1, 2)
+    assert (status, body["live"], body["rolled_back"]) == (200, "1", "2")
     status, body = await call(client, "POST", "/v1/stores/u2i/rollback", headers=AUTH)
     assert status == 409
-    assert "no backup" in body["error"]
+    assert "no backup" in body["detail"]
     assert (await client.get("/v1/stores/nope/versions", headers=AUTH)).status == 404
     async with TestClient(TestServer(create_app(settings))) as no_admin:
         status, body = await call(no_admin, "GET", "/v1/stores", headers=AUTH)
         assert status == 404
-        assert "TANDEM_ADMIN_TOKEN" in body["error"]
+        assert "TANDEM_ADMIN_TOKEN" in body["detail"]
 
 
 @pytest.mark.parametrize("k", ["0", "201", "x", "²", "٣", "9" * 5000, "", "-1", "1.5"])
@@ -172,8 +172,8 @@ async def test_broker_stopped_gives_503(
         batch = [{**event, "event_id": i} for i in ids]
         status, body = await call(client, "POST", "/v1/events", data=orjson.dumps(batch))
         assert status == 503
-        assert "not acknowledged" in body["error"]
-        assert "same event_id" in body["error"]  # a retry is safe: it is counted once
+        assert "not acknowledged" in body["detail"]
+        assert "same event_id" in body["detail"]  # a retry is safe: it is counted once
         assert (body["accepted_event_ids"], body["unconfirmed_event_ids"]) == ([], ids)
         assert time.perf_counter() - started < 10
 

@@ -286,8 +286,8 @@ async def test_a_fatal_producer_is_replaced_and_events_flow_again(
         answered_s = time.monotonic() - injected_at
         assert status == 503
         assert answered_s < EVENTS_ACK_TIMEOUT_S / 2, f"answered {answered_s:.1f} s after"
-        assert "failed" in body["error"]
-        assert "being replaced" in body["error"]
+        assert "failed" in body["detail"]
+        assert "being replaced" in body["detail"]
         assert (body["accepted_event_ids"], body["unconfirmed_event_ids"]) == ([], ids)
 
         async def replaced() -> bool:

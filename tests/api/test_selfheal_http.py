@@ -77,7 +77,7 @@ async def test_a_bearer_token_that_is_not_utf8_is_401_with_a_challenge(client: C
     status, headers, body = await raw_get(client, "/v1/stores", b"Authorization: Bearer \xff\xfe")
     assert status == 401, body
     assert headers["www-authenticate"] == 'Bearer realm="tandem-admin", error="invalid_token"'
-    assert "not UTF-8" in body["error"]
+    assert "not UTF-8" in body["detail"]
     response = await client.get("/v1/stores")  # no token at all
     assert response.status == 401
     assert response.headers["WWW-Authenticate"] == 'Bearer realm="tandem-admin"'
@@ -100,8 +100,8 @@ async def test_a_bug_in_a_handler_is_a_json_500_counted_as_error(
     before = {outcome: answers(route, outcome) for outcome in ("error", "ok", "500")}
     response = await client.get("/v1/recommendations/someone")
     assert response.status == 500
-    assert response.content_type == "application/json"
-    assert "internal error" in (await response.json())["error"]
+    assert response.content_type == "application/problem+json"
+    assert "internal error" in (await response.json(content_type=None))["detail"]
     after = {outcome: answers(route, outcome) for outcome in before}
     assert after == {**before, "error": before["error"] + 1}
     text = await (await client.get("/metrics")).text()  # and so /metrics says
@@ -118,7 +118,7 @@ async def test_a_broker_refusing_a_lifecycle_record_is_a_503(
     response = await client.post("/v1/stores/u2i/rollback", headers=AUTH)
     assert response.status == 503, await response.text()
     assert response.headers["Retry-After"] == "1"
-    assert "broker" in (await response.json())["error"]
+    assert "broker" in (await response.json(content_type=None))["detail"]
 
 
 @pytest.fixture
@@ -163,7 +163,7 @@ async def test_redis_down_gives_503_on_admin_endpoints_and_readyz_until_it_is_ba
             response = await client.request(method, path, headers=AUTH)
             assert response.status == 503, await response.text()
             assert response.headers["Retry-After"] == "1"
-            assert "Redis is unreachable" in (await response.json())["error"]
+            assert "Redis is unreachable" in (await response.json(content_type=None))["detail"]
         status, checks = await readyz()
         assert status == 503
         assert checks == {"redis": False, "live_version": False, "broker": True, "events": True}

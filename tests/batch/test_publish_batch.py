@@ -46,4 +46,5 @@ async def test_published_versions_serve_with_their_reranker(
         body = await (await client.get(f"/v1/recommendations/{user}?k=5")).json()
     assert body["reranker"] == f"lightgbm:v{u2i}"
     assert len(body["items"]) == 5
-    assert body["versions"] == {"u2i": u2i, "i2i": versions["i2i"], "popular": versions["popular"]}
+    expected = {"u2i": u2i, "i2i": versions["i2i"], "popular": versions["popular"]}
+    assert body["versions"] == {store: str(version) for store, version in expected.items()}
