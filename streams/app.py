@@ -217,6 +217,7 @@ class StreamWorker:
         self.pending[event.user_id] = encoded
         self.trending.add(event)
         metrics.EVENTS.inc()
+        metrics.applied(event.ts_ms)  # freshness
 
     def _category(self, event: Event) -> str | None:
         given = (event.context or {}).get("category")
