@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     api_cache_ttl_s: int = Field(default=60, ge=5, le=3600)
     api_redis_timeout_ms: int = Field(default=30, ge=1, le=10_000)
     metrics_host: str = "127.0.0.1"
+    log_format: Literal["text", "json"] = "text"
     # Extra librdkafka settings (a JSON object) for every Kafka client, e.g. security.protocol,
     # sasl.mechanism, sasl.username, sasl.password, ssl.ca.location for a managed cluster. Kept
     # secret: it is never logged or printed.
