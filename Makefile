@@ -14,9 +14,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# redis-server must be on PATH, and Java 17+ with Maven runs Apache Kafka (without them the
-# tests and the demo fall back to the embedded Tansu broker): install what is missing from
-# Debian's packages when we are root.
+# redis-server must be on PATH, promtool checks the alert rules, and Java 17+ with Maven runs
+# Apache Kafka (without them the tests and the demo fall back to the embedded Tansu broker):
+# install what is missing from Debian's packages when we are root.
 APT_INSTALL = DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
 services-prereq:
 	@command -v redis-server >/dev/null 2>&1 || { \
@@ -25,6 +25,13 @@ services-prereq:
 	    apt-get update -qq && $(APT_INSTALL) redis-server >/dev/null; \
 	  else \
 	    echo "redis-server is missing: install it (apt-get install redis-server, brew install redis)"; exit 1; \
+	  fi; }
+	@command -v promtool >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing prometheus (for promtool, which checks docker/alerts.yml) with apt-get"; \
+	    apt-get update -qq && $(APT_INSTALL) prometheus >/dev/null; \
+	  else \
+	    echo "promtool is missing: install it (apt-get install prometheus, brew install prometheus)"; exit 1; \
 	  fi; }
 	@{ command -v java >/dev/null 2>&1 && command -v mvn >/dev/null 2>&1; } || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
