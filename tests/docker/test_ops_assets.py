@@ -113,7 +113,7 @@ def test_the_dashboard_is_provisioned_and_well_formed() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))
-    cells = set()
+    cells: set[tuple[int, int]] = set()
     for panel in dashboard["panels"]:
         pos = panel["gridPos"]
         area = {
