@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN = $(VENV)/bin
 STAMP = $(VENV)/.installed-stamp
 
-.PHONY: demo test lint pytest install services-prereq bench clean
+.PHONY: demo test lint pytest install services-prereq bench clean lock
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,14 @@ services-prereq:
 	  else \
 	    echo "Java 17+ or Maven is missing: the embedded Tansu broker will be used"; \
 	  fi; }
+
+# requirements.lock: the image's dependencies, exact versions with hashes, for Linux x86-64 and
+# the image's Python (docker/Dockerfile installs it with --require-hashes). Run after changing
+# a dependency in pyproject.toml.
+lock: install
+	$(BIN)/uv pip compile pyproject.toml --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 --generate-hashes --no-header --quiet \
+	  -o requirements.lock
 
 lint: install
 	$(BIN)/ruff check .
