@@ -138,3 +138,52 @@ async def test_materialize_process_reports_version_lag_and_nothing_else(
     assert "tandem_worker_" not in text
     assert "tandem_api_" not in text
     assert f'tandem_store_live_version_published_timestamp_seconds{{store="{store}"}}' in text
+
+
+@pytest.mark.integration
+async def test_worker_process_reports_its_lag_and_freshness_and_nothing_else(
+    settings: Settings, tmp_path: Path
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tandem.contracts.schemas import Event
+    from tandem.streams.produce import EventProducer
+
+    port = free_port()
+    args = ["worker", "--app-id", "w" + uuid.uuid4().hex[:8], "--metrics-port", str(port)]
+    component = processes.start("worker", args, settings, tmp_path)
+    now_ms = time.time_ns() // 1_000_000
+    users = [f"lag{uuid.uuid4().hex[:6]}{n}" for n in range(12)]
+
+    def send() -> None:
+        producer = EventProducer(settings)
+        for n, user in enumerate(users):
+            producer.send(Event(user, "i1", "view", now_ms, f"{user}-{n}"))
+        producer.flush()
+
+    def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+        return [
+            (sample.labels, sample.value)
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name
+        ]
+
+    with processes.running([component]):
+        await asyncio.to_thread(send)
+
+        async def caught_up() -> str | None:
+            component.check()
+            text = await asyncio.to_thread(scrape, port)
+            lags = samples(text, "tandem_worker_consumer_lag")
+            applied = samples(text, "tandem_worker_events_total")
+            done = applied and applied[0][1] >= len(users) and lags
+            return text if done and all(value == 0 for _, value in lags) else None
+
+        text = await wait_for(caught_up, 90, "the worker to apply the events and report lag 0")
+    lags = samples(text, "tandem_worker_consumer_lag")
+    assert {labels["topic"] for labels, _ in lags} == {"tandem.events"}
+    ages = samples(text, "tandem_worker_event_age_seconds_count")
+    assert ages and ages[0][1] >= len(users)
+    assert "tandem_api_" not in text
+    assert "tandem_materializer_" not in text
