@@ -73,10 +73,15 @@ class LiveVersionGauge:
             multiprocess_mode="max",
         )
         self._current: dict[str, int] = {}
+        self._children: dict[str, _StoreVersion] = {}
         self._lock = threading.Lock()
 
     def labels(self, store: str) -> _StoreVersion:
-        return _StoreVersion(self, store)
+        """What ``set(version)`` applies to (made once per store: the API calls this per answer)."""
+        child = self._children.get(store)
+        if child is None:
+            child = self._children[store] = _StoreVersion(self, store)
+        return child
 
     def get(self, store: str) -> int | None:
         """The version last set for ``store``."""

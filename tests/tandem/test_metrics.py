@@ -187,3 +187,16 @@ async def test_worker_process_reports_its_lag_and_freshness_and_nothing_else(
     assert ages and ages[0][1] >= len(users)
     assert "tandem_api_" not in text
     assert "tandem_materializer_" not in text
+
+
+def test_under_serve_workers_an_old_version_reads_0(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the multiprocess directory, a label set cannot be removed: it is set to 0."""
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/nonexistent")  # only the check reads it
+    registry = component_registry()
+    gauge = LiveVersionGauge("m_live_version", "test", registry)
+    gauge.labels("i2i").set(VERSION)
+    gauge.labels("i2i").set(VERSION + 5)
+    sample = registry.get_sample_value
+    assert sample("m_live_version_info", {"store": "i2i", "version": str(VERSION)}) == 0
+    assert sample("m_live_version_info", {"store": "i2i", "version": str(VERSION + 5)}) == 1
+    assert gauge.labels("i2i") is gauge.labels("i2i")
