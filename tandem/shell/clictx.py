@@ -88,3 +88,27 @@ def run_until_signal(job: Callable[[asyncio.Event], Awaitable[None]]) -> None:
         await job(stop)
 
     asyncio.run(main())
+
+
+PREFLIGHT_S = 5.0
+
+
+def preflight(settings: Settings) -> None:
+    """Before a long-running process starts: Redis and Kafka must answer within
+    :data:`PREFLIGHT_S` each, or the command fails in one line (a misconfigured or missing
+    service is reported at once; outages after the start are ridden out as each process's
+    ``--redis-outage-s`` says)."""
+    import asyncio
+
+    from tandem.contracts.kafka import admin, existing_topics
+    from tandem.store.connect import connect
+
+    async def ping() -> None:
+        redis = connect(settings, timeout_s=PREFLIGHT_S)
+        try:
+            await asyncio.wait_for(redis.ping(), PREFLIGHT_S)
+        finally:
+            await redis.aclose()
+
+    asyncio.run(ping())
+    existing_topics(admin(settings), PREFLIGHT_S)

@@ -10,7 +10,13 @@ import click
 import orjson
 
 from tandem.contracts.ids import check_version
-from tandem.shell.clictx import metrics_options, run_until_signal, serve_metrics, settings_of
+from tandem.shell.clictx import (
+    metrics_options,
+    preflight,
+    run_until_signal,
+    serve_metrics,
+    settings_of,
+)
 
 if TYPE_CHECKING:
     from tandem.contracts.settings import Settings
@@ -96,6 +102,7 @@ def materialize(
     )
     from tandem.consumers.metrics import REGISTRY
 
+    preflight(settings_of(ctx))
     serve_metrics(metrics_port, metrics_host or settings_of(ctx).metrics_host, REGISTRY)
 
     settings = settings_of(ctx)

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import click
 
-from tandem.shell.clictx import metrics_options, run_until_signal, serve_metrics, settings_of
+from tandem.shell.clictx import (
+    metrics_options,
+    preflight,
+    run_until_signal,
+    serve_metrics,
+    settings_of,
+)
 
 
 @click.command()
@@ -61,6 +67,7 @@ def worker(
     )
     from tandem.streams.metrics import REGISTRY
 
+    preflight(settings_of(ctx))
     serve_metrics(metrics_port, metrics_host or settings_of(ctx).metrics_host, REGISTRY)
 
     settings = settings_of(ctx)
