@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN = $(VENV)/bin
 STAMP = $(VENV)/.installed-stamp
 
-.PHONY: demo test lint pytest install services-prereq bench clean
+.PHONY: demo test lint pytest install services-prereq bench clean lock
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,9 +14,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# redis-server must be on PATH, and Java 17+ with Maven runs Apache Kafka (without them the
-# tests and the demo fall back to the embedded Tansu broker); the console's test drives Debian's
-# chromium through chromedriver: install what is missing from Debian's packages when we are root.
+# redis-server must be on PATH, promtool checks the alert rules, Java 17+ with Maven runs Apache
+# Kafka (without them the tests and the demo fall back to the embedded Tansu broker), and the
+# console's test drives Debian's chromium through chromedriver: install what is missing from
+# Debian's packages when we are root.
 APT_INSTALL = DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
 services-prereq:
 	@command -v redis-server >/dev/null 2>&1 || { \
@@ -25,6 +26,13 @@ services-prereq:
 	    apt-get update -qq && $(APT_INSTALL) redis-server >/dev/null; \
 	  else \
 	    echo "redis-server is missing: install it (apt-get install redis-server, brew install redis)"; exit 1; \
+	  fi; }
+	@command -v promtool >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing prometheus (for promtool, which checks docker/alerts.yml) with apt-get"; \
+	    apt-get update -qq && $(APT_INSTALL) prometheus >/dev/null; \
+	  else \
+	    echo "promtool is missing: install it (apt-get install prometheus, brew install prometheus)"; exit 1; \
 	  fi; }
 	@{ command -v java >/dev/null 2>&1 && command -v mvn >/dev/null 2>&1; } || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -41,6 +49,14 @@ services-prereq:
 	  else \
 	    echo "chromium or chromedriver is missing: install them (apt-get install chromium chromium-driver)"; exit 1; \
 	  fi; }
+
+# requirements.lock: the image's dependencies, exact versions with hashes, for Linux x86-64 and
+# the image's Python (docker/Dockerfile installs it with --require-hashes). Run after changing
+# a dependency in pyproject.toml.
+lock: install
+	$(BIN)/uv pip compile pyproject.toml --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 --generate-hashes --no-header --quiet \
+	  -o requirements.lock
 
 lint: install
 	$(BIN)/ruff check .

@@ -214,7 +214,7 @@ async def prometheus(_request: web.Request) -> web.Response:
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         body = generate_latest(registry)
     else:
-        body = generate_latest()
+        body = generate_latest(metrics.REGISTRY)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

@@ -26,6 +26,7 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from tandem.consumers.exceptions import Stopped
 from tandem.consumers.finalize import Finalizer
+from tandem.consumers.lag import LAG_CONFIG
 from tandem.consumers.records import Polled, Record, split
 from tandem.consumers.retry import (
     PROBE_TIMEOUT_S,
@@ -95,6 +96,7 @@ class Materializer:
                 "fetch.max.bytes": 64 << 20,
                 "max.poll.interval.ms": int(poll_interval_s * 1000),
                 "error_cb": self._broker.error,
+                **LAG_CONFIG,  # tandem_materializer_consumer_lag
             },
         )
         self._assigned = False

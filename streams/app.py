@@ -27,6 +27,7 @@ from tandem.store.connect import connect
 from tandem.store.keys import Keys
 from tandem.streams import metrics
 from tandem.streams.exceptions import RedisUnavailable
+from tandem.streams.lag import LAG
 from tandem.streams.mirror import RedisMirror
 from tandem.streams.transport import TandemApp
 from tandem.streams.trending import TrendingCounts
@@ -183,6 +184,7 @@ class StreamWorker:
     async def handle(self, event: EventT[bytes]) -> None:
         """Apply one event from ``tandem.events``, or dead-letter it."""
         message = event.message
+        LAG.record(self.app.consumer, message.tp, message.offset)
         try:
             parsed = decode_event(event.value or b"", time.time_ns() // 1_000_000)
         except ValidationError as e:
@@ -217,6 +219,7 @@ class StreamWorker:
         self.pending[event.user_id] = encoded
         self.trending.add(event)
         metrics.EVENTS.inc()
+        metrics.applied(event.ts_ms)  # freshness
 
     def _category(self, event: Event) -> str | None:
         given = (event.context or {}).get("category")

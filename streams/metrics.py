@@ -1,18 +1,54 @@
-"""Prometheus metrics of the stream worker."""
+"""Prometheus metrics of the stream worker, in a registry of their own."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+import time
 
-EVENTS = Counter("tandem_worker_events_total", "Events applied to sessions")
-DEAD = Counter("tandem_worker_events_dead_lettered_total", "Events sent to tandem.dlq", ["reason"])
+from prometheus_client import Counter, Gauge, Histogram
+
+from tandem.contracts.metrics import component_registry
+
+REGISTRY = component_registry()
+
+EVENTS = Counter("tandem_worker_events_total", "Events applied to sessions", registry=REGISTRY)
+DEAD = Counter(
+    "tandem_worker_events_dead_lettered_total",
+    "Events sent to tandem.dlq",
+    ["reason"],
+    registry=REGISTRY,
+)
 FLUSH_SECONDS = Histogram(
     "tandem_worker_flush_seconds",
     "Time to write one batch of sessions into Redis",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
+    registry=REGISTRY,
 )
-DUPLICATES = Counter("tandem_worker_duplicate_events_total", "Re-delivered events skipped")
+DUPLICATES = Counter(
+    "tandem_worker_duplicate_events_total", "Re-delivered events skipped", registry=REGISTRY
+)
 REDIS_RETRIES = Counter(
-    "tandem_worker_redis_retries_total", "Redis writes retried during an outage"
+    "tandem_worker_redis_retries_total", "Redis writes retried during an outage", registry=REGISTRY
 )
-EPOCH_BUMPS = Counter("tandem_worker_global_epoch_bumps_total", "Cutovers seen on tandem.versions")
+EPOCH_BUMPS = Counter(
+    "tandem_worker_global_epoch_bumps_total",
+    "Cutovers seen on tandem.versions",
+    registry=REGISTRY,
+)
+EVENT_AGE = Histogram(
+    "tandem_worker_event_age_seconds",
+    "Freshness: the age of an event (now minus its ts) when the worker applies it",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+    registry=REGISTRY,
+)
+LAST_EVENT = Gauge(
+    "tandem_worker_last_event_timestamp_seconds",
+    "When the worker last applied an event",
+    registry=REGISTRY,
+)
+
+
+def applied(ts_ms: int) -> None:
+    """Record the freshness of an event just applied (its ``ts_ms``: when it happened)."""
+    now = time.time()
+    EVENT_AGE.observe(max(0.0, now - ts_ms / 1000))
+    LAST_EVENT.set(now)

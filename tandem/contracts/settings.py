@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
@@ -63,6 +63,7 @@ class Settings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     # Origins whose browsers may call the API (CORS), as a JSON list: ["https://shop.example"].
     cors_origins: tuple[str, ...] = ()
+    log_format: Literal["text", "json"] = "text"
     # Extra librdkafka settings (a JSON object) for every Kafka client, e.g. security.protocol,
     # sasl.mechanism, sasl.username, sasl.password, ssl.ca.location for a managed cluster. Kept
     # secret: it is never logged or printed.

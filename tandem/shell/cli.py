@@ -89,10 +89,6 @@ def main(
     """
     ctx.meta[VERBOSE] = verbose
     level = logging.ERROR if quiet else logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # librdkafka reports every failed connection attempt; the error that ends the command says
-    # what matters, so its own lines show with -v only.
-    logging.getLogger("librdkafka").setLevel(level if verbose else logging.CRITICAL)
     try:
         from tandem.contracts.settings import Settings
 
@@ -100,6 +96,12 @@ def main(
     except ConfigError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
+    from tandem.contracts.logs import configure
+
+    configure(level, ctx.obj.log_format)
+    # librdkafka reports every failed connection attempt; the error that ends the command says
+    # what matters, so its own lines show with -v only.
+    logging.getLogger("librdkafka").setLevel(level if verbose else logging.CRITICAL)
 
 
 @main.group("dev")
@@ -155,8 +157,16 @@ def dev_down(ctx: click.Context) -> None:
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all)."
+)
+@click.option(
+    "--port",
+    default=8080,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+    help="TCP port of the API and its /metrics.",
+)
 @click.option(
     "--workers",
     default=1,
@@ -166,7 +176,7 @@ def dev_down(ctx: click.Context) -> None:
 )
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, workers: int) -> None:
-    """Run the recommendation API (see /openapi.json for its endpoints)."""
+    """Run the recommendation API (GET /openapi.json on it describes its endpoints)."""
     from tandem.api.server import serve as run  # the entry point is the one place that starts api/
 
     run(settings_of(ctx), host, port, workers)

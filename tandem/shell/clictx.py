@@ -11,6 +11,8 @@ import click
 if TYPE_CHECKING:
     import asyncio
 
+    from prometheus_client import CollectorRegistry
+
     from tandem.contracts.settings import Settings
 
 broker_option = click.option(
@@ -30,21 +32,41 @@ brokers_option = click.option(
     "and min.insync.replicas=2.",
 )
 
-metrics_port_option = click.option(
-    "--metrics-port",
-    type=click.IntRange(1, 65535),
-    default=None,
-    help="Serve Prometheus metrics at this port (on TANDEM_METRICS_HOST, default 127.0.0.1).",
-)
+
+def metrics_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``--metrics-port`` and ``--metrics-host`` of a long-running process."""
+    command = click.option(
+        "--metrics-host",
+        default=None,
+        help="Address the metrics listen on [env TANDEM_METRICS_HOST; 127.0.0.1] "
+        "(0.0.0.0 in a container, so Prometheus can scrape it).",
+    )(command)
+    return click.option(
+        "--metrics-port",
+        type=click.IntRange(1, 65535),
+        default=None,
+        help="Serve this process's Prometheus metrics at http://HOST:PORT/metrics.",
+    )(command)
 
 
-def serve_metrics(port: int | None, host: str = "127.0.0.1") -> None:
-    """Expose this process's Prometheus metrics when a port is given (``TANDEM_METRICS_HOST``
-    chooses the address: 0.0.0.0 in a container)."""
-    if port is not None:
-        from prometheus_client import start_http_server
+def serve_metrics(
+    port: int | None, host: str = "127.0.0.1", registry: CollectorRegistry | None = None
+) -> None:
+    """Expose ``registry`` (the component's own; the default registry when None) over HTTP when a
+    port is given. A port already taken is an error that says so."""
+    if port is None:
+        return
+    from prometheus_client import REGISTRY, start_http_server
 
-        start_http_server(port, addr=host)
+    from tandem.contracts.exceptions import ConfigError
+
+    try:
+        start_http_server(port, addr=host, registry=registry or REGISTRY)
+    except OSError as e:
+        raise ConfigError(
+            f"cannot serve metrics on {host}:{port} ({e.strerror}): choose another --metrics-port "
+            "or --metrics-host"
+        ) from e
 
 
 def settings_of(ctx: click.Context) -> Settings:
@@ -66,3 +88,27 @@ def run_until_signal(job: Callable[[asyncio.Event], Awaitable[None]]) -> None:
         await job(stop)
 
     asyncio.run(main())
+
+
+PREFLIGHT_S = 5.0
+
+
+def preflight(settings: Settings) -> None:
+    """Before a long-running process starts: Redis and Kafka must answer within
+    :data:`PREFLIGHT_S` each, or the command fails in one line (a misconfigured or missing
+    service is reported at once; outages after the start are ridden out as each process's
+    ``--redis-outage-s`` says)."""
+    import asyncio
+
+    from tandem.contracts.kafka import admin, existing_topics
+    from tandem.store.connect import connect
+
+    async def ping() -> None:
+        redis = connect(settings, timeout_s=PREFLIGHT_S)
+        try:
+            await asyncio.wait_for(redis.ping(), PREFLIGHT_S)
+        finally:
+            await redis.aclose()
+
+    asyncio.run(ping())
+    existing_topics(admin(settings), PREFLIGHT_S)

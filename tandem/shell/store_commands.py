@@ -10,7 +10,13 @@ import click
 import orjson
 
 from tandem.contracts.ids import check_version
-from tandem.shell.clictx import metrics_port_option, run_until_signal, serve_metrics, settings_of
+from tandem.shell.clictx import (
+    metrics_options,
+    preflight,
+    run_until_signal,
+    serve_metrics,
+    settings_of,
+)
 
 if TYPE_CHECKING:
     from tandem.contracts.settings import Settings
@@ -69,7 +75,7 @@ def _with_admin(settings: Settings, job: Callable[[VersionAdmin], Awaitable[T]])
     type=click.IntRange(1, 3600),
     help="How long Redis writes are retried before the materializer gives up and exits non-zero.",
 )
-@metrics_port_option
+@metrics_options
 @click.pass_context
 def materialize(
     ctx: click.Context,
@@ -79,9 +85,13 @@ def materialize(
     no_cutover: bool,
     redis_outage_s: int,
     metrics_port: int | None,
+    metrics_host: str | None,
 ) -> None:
     """Materialize version topics into Redis, validate them and cut over."""
+    import asyncio
+
     from tandem.consumers.materializer import Materializer, MaterializerOptions
+    from tandem.shell.progress import MaterializeProgress
 
     options = MaterializerOptions(
         group=group,
@@ -90,10 +100,22 @@ def materialize(
         cutover=not no_cutover,
         redis_outage_s=redis_outage_s,
     )
-    serve_metrics(metrics_port, settings_of(ctx).metrics_host)
+    from tandem.consumers.metrics import REGISTRY
+
+    preflight(settings_of(ctx))
+    serve_metrics(metrics_port, metrics_host or settings_of(ctx).metrics_host, REGISTRY)
 
     settings = settings_of(ctx)
-    run_until_signal(lambda stop: Materializer(settings, options).run(stop))
+
+    async def job(stop: asyncio.Event) -> None:
+        with MaterializeProgress(list(settings.stores)) as progress:
+            watching = asyncio.ensure_future(progress.watch(stop))
+            try:
+                await Materializer(settings, options).run(stop)
+            finally:
+                watching.cancel()
+
+    run_until_signal(job)
 
 
 @click.group()

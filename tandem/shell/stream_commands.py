@@ -6,7 +6,13 @@ from pathlib import Path
 
 import click
 
-from tandem.shell.clictx import metrics_port_option, run_until_signal, serve_metrics, settings_of
+from tandem.shell.clictx import (
+    metrics_options,
+    preflight,
+    run_until_signal,
+    serve_metrics,
+    settings_of,
+)
 
 
 @click.command()
@@ -37,7 +43,7 @@ from tandem.shell.clictx import metrics_port_option, run_until_signal, serve_met
     type=click.IntRange(1, 3600),
     help="How long Redis writes are retried before the worker gives up and exits non-zero.",
 )
-@metrics_port_option
+@metrics_options
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -46,6 +52,7 @@ def worker(
     changelog_batch_bytes: int | None,
     redis_outage_s: int,
     metrics_port: int | None,
+    metrics_host: str | None,
 ) -> None:
     """Run the stream worker: sessions, trending and cache invalidation into Redis."""
     from tandem.contracts.session import SessionPolicy
@@ -58,7 +65,10 @@ def worker(
         changelog_batch_bytes=changelog_batch_bytes,
         redis_outage_s=redis_outage_s,
     )
-    serve_metrics(metrics_port, settings_of(ctx).metrics_host)
+    from tandem.streams.metrics import REGISTRY
+
+    preflight(settings_of(ctx))
+    serve_metrics(metrics_port, metrics_host or settings_of(ctx).metrics_host, REGISTRY)
 
     settings = settings_of(ctx)
     run_until_signal(lambda stop: run_until(settings, options, stop))
@@ -74,7 +84,7 @@ def events() -> None:
     "--from",
     "source",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="JSON lines of events (the wire format of DESIGN.md).",
+    help="JSON lines of events, one per line, as POST /v1/events takes them.",
 )
 @click.option(
     "--synthetic",
@@ -88,8 +98,16 @@ def events() -> None:
     default=None,
     help="Events per second (default: as fast as the broker takes them).",
 )
-@click.option("--users", default=1000, show_default=True, type=click.IntRange(1, 10**8))
-@click.option("--seed", default=0, show_default=True)
+@click.option(
+    "--users",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(1, 10**8),
+    help="Distinct users of the --synthetic events.",
+)
+@click.option(
+    "--seed", default=0, show_default=True, help="Seed of the --synthetic events (deterministic)."
+)
 @click.pass_context
 def events_produce(
     ctx: click.Context,

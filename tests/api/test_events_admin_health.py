@@ -129,7 +129,7 @@ async def test_health_metrics_and_openapi(client: Client, redis: Redis, keys: Ke
         'tandem_api_request_seconds_count{outcome="ok",route="/v1/recommendations/{user_id}"}'
         in text
     )
-    assert 'tandem_api_live_version{store="u2i"}' in text
+    assert 'tandem_api_live_version_info{store="u2i",version="1"} 1.0' in text
     spec = await (await client.get("/openapi.json")).json()
     documented = {(method.upper(), path) for path, ops in spec["paths"].items() for method in ops}
     routed = {

@@ -33,12 +33,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from confluent_kafka import KafkaError, Producer
-from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from tandem.api.app import create_app
 from tandem.api.handlers import EVENTS_ACK_TIMEOUT_S
 from tandem.api.keys import PRODUCER
+from tandem.api.metrics import REGISTRY
 from tandem.contracts import topics
 from tandem.contracts.settings import Settings
 from tandem.contracts.waiting import wait_for

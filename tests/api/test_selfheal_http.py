@@ -14,10 +14,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from confluent_kafka import KafkaError, KafkaException
-from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from tandem.api.app import create_app
+from tandem.api.metrics import REGISTRY
 from tandem.api.service import RecommendationService
 from tandem.contracts.settings import Settings
 from tandem.contracts.waiting import wait_for

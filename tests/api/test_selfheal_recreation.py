@@ -17,10 +17,10 @@ from typing import Any, cast
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException, Producer
-from prometheus_client import REGISTRY
 
 from tandem.api import producer as producer_module
 from tandem.api.exceptions import Unavailable
+from tandem.api.metrics import REGISTRY
 from tandem.api.producer import AsyncProducer, ErrorCallback, recreate_delay
 from tandem.contracts.settings import Settings
 from tandem.contracts.waiting import wait_for

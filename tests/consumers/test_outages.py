@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka.cimpl import NewTopic
-from prometheus_client import REGISTRY
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
@@ -30,6 +29,7 @@ from tandem.consumers.exceptions import BrokerUnavailable
 from tandem.consumers.finalize import Finalizer
 from tandem.consumers.gates import VersionStats
 from tandem.consumers.materializer import Materializer, MaterializerOptions
+from tandem.consumers.metrics import REGISTRY
 from tandem.consumers.records import Record
 from tandem.consumers.sink import VersionSink
 from tandem.contracts import topics

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 import tandem.streams.metrics  # noqa: F401 - registers the worker's counters
@@ -21,6 +20,7 @@ from tandem.shell import devservices, processes
 from tandem.store.connect import connect
 from tandem.store.keys import Keys
 from tandem.streams.app import WorkerOptions
+from tandem.streams.metrics import REGISTRY
 from tandem.streams.produce import EventProducer
 from tandem.streams.runner import running
 from tests.helpers import wait_for

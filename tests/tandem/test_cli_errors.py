@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tandem.shell import devservices
+from tests.conftest import Services
 
 
 def tandem(env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess[str], float]:
@@ -69,3 +70,36 @@ def test_verbose_shows_the_traceback(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "Traceback" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["materialize", "worker"])
+def test_a_long_running_process_reports_a_missing_redis_at_once(
+    command: str, tmp_path: Path
+) -> None:
+    port = str(devservices.free_port())
+    env = {"TANDEM_REDIS_URL": f"redis://127.0.0.1:{port}/0", "TANDEM_STATE_DIR": str(tmp_path)}
+    result, took_s = tandem(env, command)
+    assert result.returncode == 1
+    assert took_s < 10
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: Redis at redis://127.0.0.1:{port}/0 failed")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("command", ["materialize", "worker"])
+def test_a_long_running_process_reports_a_missing_broker_at_once(
+    command: str, services: Services, tmp_path: Path
+) -> None:
+    port = str(devservices.free_port())
+    env = {
+        "TANDEM_REDIS_URL": services.redis_url,  # Redis answers, the broker does not
+        "TANDEM_KAFKA": f"127.0.0.1:{port}",
+        "TANDEM_STATE_DIR": str(tmp_path),
+    }
+    result, took_s = tandem(env, command)
+    assert result.returncode == 1
+    assert took_s < 10
+    assert "Kafka did not answer a metadata request within 5 s" in result.stderr
+    assert re.search(r"^%\d\|", result.stderr, re.MULTILINE) is None, "a raw librdkafka line"
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
