@@ -63,15 +63,18 @@ def in_changelog(settings: Settings, options: WorkerOptions, user: str, items: i
 
 
 def events_committed(settings: Settings, options: WorkerOptions) -> bool:
-    """Whether the worker's group committed every offset of every partition of events."""
+    """Whether the worker's group committed every offset of every partition of events (a
+    partition that never held an event has nothing to commit)."""
     parts = [TopicPartition(topics.EVENTS, p) for p in range(settings.events_partitions)]
     consumer = make_consumer(settings, options.app_id)
     try:
         committed = consumer.committed(parts, timeout=5)
-        highs = [consumer.get_watermark_offsets(tp, timeout=5)[1] for tp in parts]
+        marks = [consumer.get_watermark_offsets(tp, timeout=5) for tp in parts]
     finally:
         consumer.close()
-    return all(c.offset >= high for c, high in zip(committed, highs, strict=True))
+    return all(
+        high <= low or c.offset >= high for c, (low, high) in zip(committed, marks, strict=True)
+    )
 
 
 async def items_are(redis: Redis, keys: Keys, user: str, items: list[str]) -> SessionState | None:
