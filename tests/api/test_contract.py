@@ -115,6 +115,10 @@ async def test_request_id_is_echoed_and_in_every_log_line(
     assert access[0].getMessage().startswith("GET /v1/recommendations/nobody ")
     assert (access[0].__dict__["status"], access[0].__dict__["method"]) == (response.status, "GET")
     assert isinstance(access[0].__dict__["duration_ms"], float)
+    await client.get("/v1/recommendations/a%0Aforged", headers={"X-Request-ID": "req-43"})
+    lines = [r.getMessage() for r in caplog.records if getattr(r, "request_id", None) == "req-43"]
+    assert any(line.startswith("GET /v1/recommendations/a%0Aforged ") for line in lines), lines
+    assert not any("\n" in line for line in lines)
     made = (await client.get("/healthz")).headers["X-Request-ID"]
     assert len(made) == 32
     assert made != (await client.get("/healthz")).headers["X-Request-ID"]
