@@ -79,17 +79,28 @@ async def contract(request: web.Request, handler: Handler) -> web.StreamResponse
         route = resource.canonical if resource is not None else "unmatched"
         metrics.REQUESTS.labels(route, outcome).observe(elapsed_s)
         if access.isEnabledFor(logging.INFO):
-            access.info(
-                "%s %s %d %.1fms %s",
-                request.method,
-                request.path,
-                status,
-                elapsed_s * 1000,
-                request_id,
-                extra={"method": request.method, "path": request.path, "status": status,
-                       "duration_ms": round(elapsed_s * 1000, 3)},
-            )  # fmt: skip
+            _log_access(request, status, elapsed_s, request_id)
         REQUEST_ID.reset(token)
+
+
+def _log_access(request: web.Request, status: int, elapsed_s: float, request_id: str) -> None:
+    # The path as sent (still percent-encoded): a decoded %0A could forge a text log line.
+    path = request.rel_url.raw_path
+    duration_ms = round(elapsed_s * 1000, 3)
+    access.info(
+        "%s %s %d %.1fms %s",
+        request.method,
+        path,
+        status,
+        duration_ms,
+        request_id,
+        extra={
+            "method": request.method,
+            "path": path,
+            "status": status,
+            "duration_ms": duration_ms,
+        },
+    )
 
 
 async def _answer(request: web.Request, handler: Handler) -> tuple[web.StreamResponse, str]:
@@ -114,7 +125,7 @@ async def _answer(request: web.Request, handler: Handler) -> tuple[web.StreamRes
             raise
         return _http_problem(e), "error" if e.status >= 500 else str(e.status)
     except Exception:
-        log.exception("%s %s failed", request.method, request.path)
+        log.exception("%s %s failed", request.method, request.rel_url.raw_path)
         return _problem(ApiError("internal error; see the server log")), "error"
 
 

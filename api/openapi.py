@@ -9,7 +9,7 @@ from functools import cache
 from typing import Any
 
 import orjson
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from tandem.api import models
@@ -191,17 +191,9 @@ def _schemas(extra: Sequence[tuple[type[BaseModel], JsonSchemaMode]]) -> dict[st
         ref_template=REF,
     )
     schemas: dict[str, Any] = top["$defs"]
-    schemas["EventsRequest"] = {
-        "oneOf": [
-            {"$ref": REF.format(model="EventBody")},
-            {
-                "type": "array",
-                "minItems": 1,
-                "maxItems": models.MAX_EVENTS,
-                "items": {"$ref": REF.format(model="EventBody")},
-            },
-        ]
-    }
+    events = TypeAdapter(models.EventsRequest).json_schema(ref_template=REF)
+    schemas.update(events.pop("$defs"))
+    schemas["EventsRequest"] = events
     return schemas
 
 

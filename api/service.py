@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from concurrent.futures import Executor
@@ -159,8 +160,9 @@ class RecommendationService:
             )
         except (RedisError, OSError, TimeoutError):
             return self._rerankers[None]
+        # In the request's context, so what load_reranker logs carries the request id.
         reranker = await asyncio.get_running_loop().run_in_executor(
-            self._executor, load_reranker, text, version
+            self._executor, contextvars.copy_context().run, load_reranker, text, version
         )
         self._rerankers = {None: self._rerankers[None], version: reranker}  # keep one version
         self.categories = categories

@@ -18,7 +18,7 @@ import orjson
 import pydantic
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
 
-from tandem.contracts.domain import Device, EventType
+from tandem.contracts.domain import DEVICES, EVENT_TYPES, Device, EventType
 from tandem.contracts.exceptions import ValidationError
 from tandem.contracts.ids import ID_MAX_LEN, ID_RULE, check_id
 
@@ -81,6 +81,7 @@ class EventBody(BaseModel):
 
 
 _ID_FIELDS = frozenset({"user_id", "item_id", "event_id", "session_id"})
+_CHOICES = {"event_type": EVENT_TYPES, "device": DEVICES}
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +154,8 @@ def _first_problem(error: pydantic.ValidationError) -> ValidationError:
         return ValidationError(field, f"must be a string of {ID_RULE}")
     if field == "ts":
         return ValidationError(field, TS_RULE)
+    if field in _CHOICES:
+        return ValidationError(field, "must be one of " + ", ".join(sorted(_CHOICES[field])))
     if field == "context" and len(loc) >= 2 and "[key]" not in loc:
         return ValidationError(f"context.{loc[1]}", "must be a string (≤ 256) or a finite number")
     if field == "context":

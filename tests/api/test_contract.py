@@ -105,9 +105,7 @@ def test_event_clock_window() -> None:
 async def test_request_id_is_echoed_and_in_every_log_line(
     client: Client, caplog: pytest.LogCaptureFixture
 ) -> None:
-    handler = caplog.handler
-    logctx.install(logging.getLogger())
-    handler.addFilter(logctx.RequestIdFilter())  # caplog's handler is not the root's at install
+    caplog.handler.addFilter(logctx.RequestIdFilter())  # as logctx.install does for a handler
     caplog.set_level(logging.INFO)
     response = await client.get("/v1/recommendations/nobody", headers={"X-Request-ID": "req-42"})
     assert response.headers["X-Request-ID"] == "req-42"
@@ -117,6 +115,10 @@ async def test_request_id_is_echoed_and_in_every_log_line(
     assert access[0].getMessage().startswith("GET /v1/recommendations/nobody ")
     assert (access[0].__dict__["status"], access[0].__dict__["method"]) == (response.status, "GET")
     assert isinstance(access[0].__dict__["duration_ms"], float)
+    await client.get("/v1/recommendations/a%0Aforged", headers={"X-Request-ID": "req-43"})
+    lines = [r.getMessage() for r in caplog.records if getattr(r, "request_id", None) == "req-43"]
+    assert any(line.startswith("GET /v1/recommendations/a%0Aforged ") for line in lines), lines
+    assert not any("\n" in line for line in lines)
     made = (await client.get("/healthz")).headers["X-Request-ID"]
     assert len(made) == 32
     assert made != (await client.get("/healthz")).headers["X-Request-ID"]
@@ -220,3 +222,36 @@ def test_origins_setting_is_checked(api_settings: Settings) -> None:
     with pytest.raises(ConfigError, match="TANDEM_CORS_ORIGINS"):
         Settings.load(cors_origins=("shop.example/path",))
     assert Settings.load(cors_origins=("*", "http://localhost:3000")).cors_origins[0] == "*"
+
+
+async def test_a_log_line_from_the_rerank_thread_carries_the_request_id(
+    client: Client, redis: Redis, keys: Keys, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The model loads in a worker thread; what it logs belongs to the request all the same."""
+    await put_version(redis, keys, "u2i", 7, {"carol": [("i1", 0.9)]})
+    await redis.set(keys.model("u2i", 7), b"not a LightGBM model")
+    caplog.handler.addFilter(logctx.RequestIdFilter())
+    response = await client.get("/v1/recommendations/carol", headers={"X-Request-ID": "thread-1"})
+    assert response.status == 200
+    refused = [r for r in caplog.records if "does not load" in r.getMessage()]
+    assert refused
+    assert (refused[0].threadName or "").startswith("rerank")
+    assert [getattr(r, "request_id", None) for r in refused] == ["thread-1"]
+
+
+def test_install_puts_the_filter_on_each_handler_once() -> None:
+    logger = logging.getLogger("tandem.test.logctx")
+    handler = logging.StreamHandler(io.StringIO())
+    handler.setFormatter(logging.Formatter("%(request_id)s %(message)s"))
+    logger.addHandler(handler)
+    try:
+        logctx.install(logger)
+        logctx.install(logger)
+        assert len(handler.filters) == 1
+        token = logctx.REQUEST_ID.set("abc")
+        logger.warning("inside")
+        logctx.REQUEST_ID.reset(token)
+        logger.warning("outside")
+        assert handler.stream.getvalue().splitlines() == ["abc inside", "None outside"]
+    finally:
+        logger.removeHandler(handler)

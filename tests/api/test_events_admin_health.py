@@ -17,6 +17,7 @@ from confluent_kafka import TopicPartition
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
+from tandem.api import models
 from tandem.api.app import create_app
 from tandem.contracts import topics
 from tandem.contracts.kafka import make_consumer
@@ -95,11 +96,14 @@ async def test_admin_auth(client: Client, redis: Redis, keys: Keys, settings: Se
     status, body = await call(client, "GET", "/v1/stores", headers=AUTH)
     assert status == 200
     assert {"store": "u2i", "live": "2", "backup": "1"} in body["stores"]
+    models.Stores.model_validate(body)
     status, body = await call(client, "GET", "/v1/stores/u2i/versions", headers=AUTH)
     assert [v["version"] for v in body["versions"]] == ["1", "2"]
+    models.StoreVersions.model_validate(body)
     assert (await client.post("/v1/stores/u2i/rollback")).status == 401
     status, body = await call(client, "POST", "/v1/stores/u2i/rollback", headers=AUTH)
     assert (status, body["live"], body["rolled_back"]) == (200, "1", "2")
+    models.RolledBack.model_validate(body)
     status, body = await call(client, "POST", "/v1/stores/u2i/rollback", headers=AUTH)
     assert status == 409
     assert "no backup" in body["detail"]
@@ -197,6 +201,7 @@ async def test_redis_stopped_degrades_in_time(
             assert status == 200
             assert body["degraded"] is True
             assert [i["item_id"] for i in body["items"]] == ["p1", "p2"]
+            models.Recommendations.model_validate(body)  # the snapshot answer keeps the contract
         admin = own.model_copy(update={"admin_token": SecretStr("s3cret-token")})
     async with TestClient(TestServer(create_app(admin))) as operator:
         for method, path in (("GET", "/v1/stores"), ("POST", "/v1/stores/u2i/rollback")):
