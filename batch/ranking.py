@@ -6,19 +6,39 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from tandem.batch.candidates import SOURCES, popularity
+from tandem.batch.candidates import SOURCES, Clock, popularity
 from tandem.batch.data import Dataset
 from tandem.contracts.domain import POSITIVE_WEIGHTS
 
-RANKER_FEATURES = (*SOURCES, "n_sources", "item_pop", "user_category_share", "user_activity")
+RANKS = tuple(f"{source}_rank" for source in SOURCES)
+RANKER_FEATURES = (
+    *SOURCES,
+    *RANKS,
+    "n_sources",
+    "item_pop",
+    "item_recent_pop",
+    "user_category_share",
+    "user_activity",
+)
+RECENT_SHARE = 0.05  # the short-term popularity's half-life, as a share of the fitted one
 
 
-def features(frame: pd.DataFrame, events: pd.DataFrame, data: Dataset, now_ms: int) -> pd.DataFrame:
+def features(
+    frame: pd.DataFrame, events: pd.DataFrame, data: Dataset, clock: Clock
+) -> pd.DataFrame:
     """Ranker features of every candidate row, from the interactions in ``events``."""
     out = frame.copy()
     out["n_sources"] = (out[list(SOURCES)] > 0).sum(axis=1).astype(np.float32)
-    pop = np.log1p(popularity(events, data.n_items, now_ms))
+    for source, rank in zip(SOURCES, RANKS, strict=True):
+        # rank within the user's list of that source (0: absent), comparable across users
+        ranks = out.loc[out[source] > 0].groupby("user")[source].rank(ascending=False)
+        out[rank] = 0.0
+        out.loc[ranks.index, rank] = 1.0 / ranks.to_numpy()
+    pop = np.log1p(popularity(events, data.n_items, clock))
     out["item_pop"] = pop[out["item"].to_numpy()]
+    short = Clock(clock.now_ms, clock.half_life_ms * RECENT_SHARE)
+    recent = np.log1p(popularity(events, data.n_items, short))
+    out["item_recent_pop"] = recent[out["item"].to_numpy()]
     category = data.item_category[events["item"].to_numpy()]
     n_cat = len(data.categories)
     share = np.bincount(

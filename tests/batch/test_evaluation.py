@@ -1,0 +1,100 @@
+"""The evaluation cannot flatter: protocols, leak-freedom, baselines and intervals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tandem.batch.data import load
+from tandem.batch.evaluate import Estimate, bootstrap_interval
+from tandem.batch.exceptions import InputError
+from tandem.batch.pipeline import Options, run
+from tandem.batch.split import Protocol, split
+from tandem.batch.synth import SynthSpec, write
+
+SMALL = SynthSpec(users=300, items=200, days=10, events_per_user=30, seed=3)
+
+
+def _plant_after_split(folder: Path) -> None:
+    """Add, for an existing user and item, a purchase after the split time (at the last ts)."""
+    frame = pd.read_parquet(folder / "interactions.parquet")
+    planted = frame.iloc[[0]].assign(
+        ts=int(frame["ts"].max()), event_type="purchase", session_id="planted"
+    )
+    pd.concat([frame, planted], ignore_index=True).to_parquet(
+        folder / "interactions.parquet", index=False
+    )
+
+
+def test_an_interaction_after_the_split_changes_no_training_input(tmp_path: Path) -> None:
+    clean, planted = tmp_path / "clean", tmp_path / "planted"
+    write(SMALL, clean)
+    write(SMALL, planted)
+    _plant_after_split(planted)
+    options = Options(final_lists=False)
+    before = run(clean, options, quiet=True)
+    after = run(planted, options, quiet=True)
+    assert len(after.data.events) == len(before.data.events) + 1
+    # candidates, features, ranker labels, popularity, the ranker itself: one digest
+    assert after.training_digest == before.training_digest
+    assert after.metrics["decay_half_life_days"] == before.metrics["decay_half_life_days"]
+    # the planted event is held out: it can only change the judged side
+    events = after.data.events
+    outer = split(events, Protocol())
+    assert int(events["ts"].max()) >= outer.now_ms
+    assert len(outer.test) == len(split(before.data.events, Protocol()).test) + 1
+
+
+def test_last_n_holds_out_each_users_newest_interactions(tmp_path: Path) -> None:
+    write(SMALL, tmp_path)
+    events = load(tmp_path / "interactions.parquet").events
+    parts = split(events, Protocol.parse("last-n", "3"))
+    held = parts.test.groupby("user").size()
+    assert (held == 3).all()
+    latest_train = parts.train.groupby("user")["ts"].max()
+    first_test = parts.test.groupby("user")["ts"].min()
+    assert (latest_train.reindex(first_test.index) <= first_test).all()
+    # users without enough history are never judged: all their events train
+    short = events.groupby("user").size()
+    assert set(held.index).isdisjoint(short.index[short < 6])
+    share = split(events, Protocol.parse("last-n", "20%"))
+    sizes = events.groupby("user").size()
+    held_share = share.test.groupby("user").size()
+    assert (held_share == np.maximum(1, np.floor(sizes[held_share.index] * 0.2))).all()
+
+
+@pytest.mark.parametrize("bad", ["0", "abc", "150%", "2.5"])
+def test_last_n_refuses_bad_values(bad: str) -> None:
+    with pytest.raises(InputError, match="--last-n"):
+        Protocol.parse("last-n", bad)
+
+
+def test_bootstrap_interval_covers_the_mean_and_shrinks_with_more_users() -> None:
+    rng = np.random.default_rng(0)
+    few, many = rng.random(50), rng.random(5000)
+    low, high = bootstrap_interval(few)
+    assert low < few.mean() < high
+    low_many, high_many = bootstrap_interval(many)
+    assert high_many - low_many < (high - low) / 5
+    estimate = Estimate.of(np.array([1.0, np.nan, 0.0]))
+    assert estimate.users == 2
+    assert estimate.mean == 0.5
+
+
+def test_every_report_has_baselines_with_intervals_by_history(tmp_path: Path) -> None:
+    write(SMALL, tmp_path)
+    output = run(tmp_path, Options(protocol=Protocol.parse("last-n", "20%")), quiet=True)
+    names = {row.name for row in output.report}
+    for system in ("popularity", "itemknn", "ease"):
+        assert {f"{system}_ndcg@10", f"{system}_recall@200"} <= names
+    assert {"ranker_ndcg@10", "candidates_recall@200"} <= names
+    for row in output.report:
+        assert row.all.users == row.with_history.users + row.without_history.users
+        assert row.all.low <= row.all.mean <= row.all.high
+    assert output.metrics["eval_users"] > 100
+    text = output.table()
+    assert "with history" in text
+    assert "[" in text
