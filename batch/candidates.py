@@ -24,8 +24,10 @@ from tandem.batch import collaborative as collab
 
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
-SOURCES = ("i2i", "svd", "pop", "ease", "knn")
+SOURCES = ("i2i", "svd", "pop", "ease", "knn", "cat")
 POPULAR_PER_USER = 30
+COLLABORATIVE_PER_USER = 200  # EASE, item-kNN and category sources: enough to fill a list
+COLD_START_ITEMS = 200  # users without history: the most popular items
 
 
 @dataclass(frozen=True)
@@ -190,19 +192,56 @@ def _top_frame(
     return kept
 
 
+def category_scorer(
+    events: pd.DataFrame, item_category: np.ndarray, clock: Clock
+) -> tuple[sp.csr_matrix, collab.Scorer]:
+    """Rows: users' decayed category shares; scores: share × the item's share of its category."""
+    n_users = int(events["user"].max()) + 1 if len(events) else 0
+    n_items, n_cat = item_category.size, int(item_category.max()) + 1
+    weight = events["weight"].to_numpy() * decay(events["ts"].to_numpy(), clock)
+    shares = sp.csr_matrix(
+        (weight, (events["user"].to_numpy(), item_category[events["item"].to_numpy()])),
+        shape=(n_users, n_cat),
+        dtype=np.float32,
+    )
+    shares = (sp.diags(1 / (np.asarray(shares.sum(axis=1)).ravel() + 1e-9)) @ shares).tocsr()
+    pop = popularity(events, n_items, clock)
+    in_category = pop / (
+        np.bincount(item_category, weights=pop, minlength=n_cat)[item_category] + 1e-9
+    )
+    members = sp.csr_matrix(
+        (in_category.astype(np.float32), (item_category, np.arange(n_items))),
+        shape=(n_cat, n_items),
+    )
+
+    def score(rows: sp.csr_matrix) -> np.ndarray:
+        return np.asarray((rows @ members).toarray(), dtype=np.float32)
+
+    return shares, score
+
+
 def collaborative_frames(
-    events: pd.DataFrame, n_users: int, n_items: int, clock: Clock, mask: sp.csr_matrix, k: int
+    events: pd.DataFrame,
+    shape: tuple[int, int],
+    item_category: np.ndarray,
+    clock: Clock,
+    mask: sp.csr_matrix,
+    k: int = COLLABORATIVE_PER_USER,
 ) -> list[pd.DataFrame]:
-    """EASE and item-kNN candidates of every user with history, ``k`` each."""
+    """EASE, item-kNN and category candidates of every user with history, ``k`` each."""
+    n_users, n_items = shape
     seen = collab.binary(events, n_users, n_items)
     recent = recent_history(events, n_users, n_items, clock)
     users = np.flatnonzero(np.diff(recent.indptr) > 0)
     frames = []
-    for column, scorer in (
-        ("ease", collab.ease_scorer(seen)),
-        ("knn", collab.knn_scorer(collab.item_knn(seen))),
+    shares, by_category = category_scorer(events, item_category, clock)
+    shares.resize((n_users, shares.shape[1]))
+    for column, scorer, rows in (
+        ("ease", collab.ease_scorer(seen), recent),
+        ("knn", collab.knn_scorer(collab.item_knn(seen)), recent),
+        ("cat", by_category, shares),
     ):
-        items, scores = collab.top_items(scorer, recent, users, k, mask)
+        items, scores = collab.top_items(scorer, rows, users, k, mask)
         frames.append(_top_frame(items, scores, users, column))
     return frames
 
@@ -214,6 +253,7 @@ def user_candidates(
     clock: Clock,
     i2i: sp.csr_matrix,
     exclude: frozenset[str],
+    item_category: np.ndarray,
     per_source: int = 100,
     factors: int = 32,
 ) -> Candidates:
@@ -225,7 +265,7 @@ def user_candidates(
     mask = collab.excluded(events, exclude, n_users, n_items)
     # The popular source is the same for every user: a few items each fill gaps, and users
     # without history (cold start) get them alone.
-    top_pop = np.argsort(-pop, kind="stable")[: POPULAR_PER_USER + 50]
+    top_pop = np.argsort(-pop, kind="stable")[: COLD_START_ITEMS + POPULAR_PER_USER]
     pop_frame = pd.DataFrame(
         {
             "user": np.repeat(np.arange(n_users, dtype=np.int32), top_pop.size),
@@ -238,7 +278,7 @@ def user_candidates(
             _long(expanded, "i2i"),
             _svd_candidates(ui, per_source, factors),
             pop_frame,
-            *collaborative_frames(events, n_users, n_items, clock, mask, per_source),
+            *collaborative_frames(events, (n_users, n_items), item_category, clock, mask),
         ],
         ignore_index=True,
     )
@@ -252,7 +292,9 @@ def user_candidates(
     pop_rank = (
         merged.loc[merged["pop"] > 0].groupby("user")["pop"].rank(ascending=False, method="first")
     )
-    drop = pop_rank.index[pop_rank.to_numpy() > POPULAR_PER_USER]
+    cold = np.bincount(events["user"].to_numpy(), minlength=n_users) == 0
+    limit = np.where(cold, COLD_START_ITEMS, POPULAR_PER_USER)[merged.loc[pop_rank.index, "user"]]
+    drop = pop_rank.index[pop_rank.to_numpy() > limit]
     merged.loc[drop, "pop"] = 0.0
     merged = merged.loc[(merged[list(SOURCES)] > 0).any(axis=1)]
     for column in SOURCES:

@@ -229,7 +229,9 @@ def _candidate_frame(
     data: Dataset, events: pd.DataFrame, clock: cand.Clock, exclude: frozenset[str]
 ) -> tuple[pd.DataFrame, sp.csr_matrix]:
     i2i = cand.item_to_item(events, data.n_items, clock)
-    found = cand.user_candidates(events, data.n_users, data.n_items, clock, i2i, exclude)
+    found = cand.user_candidates(
+        events, data.n_users, data.n_items, clock, i2i, exclude, data.item_category
+    )
     return ranking.features(found.frame, events, data, clock), i2i
 
 
@@ -336,6 +338,8 @@ def _final_lists(
     clock: cand.Clock,
     exclude: frozenset[str],
 ) -> pd.DataFrame:
-    full = cand.user_candidates(events, data.n_users, data.n_items, clock, i2i, exclude)
+    full = cand.user_candidates(
+        events, data.n_users, data.n_items, clock, i2i, exclude, data.item_category
+    )
     frame = ranking.features(full.frame, events, data, clock)
     return ranking.top_k(frame, ranking.score(model, frame), TOP_K)

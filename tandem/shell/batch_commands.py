@@ -98,24 +98,57 @@ def data() -> None:
 
 
 @data.command("synth")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
-@click.option("--users", default=2000, show_default=True, type=click.IntRange(10, 10**7))
-@click.option("--items", default=1000, show_default=True, type=click.IntRange(10, 10**7))
-@click.option("--days", default=14, show_default=True, type=click.IntRange(2, 365))
 @click.option(
-    "--events-per-user", default=40.0, show_default=True, type=click.FloatRange(2, 10_000)
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder to write interactions.parquet and items.parquet into.",
 )
-@click.option("--seed", default=0, show_default=True)
+@click.option(
+    "--shape",
+    type=click.Choice(["sessions", "ratings"]),
+    default="sessions",
+    show_default=True,
+    help="sessions: browsing sessions with a funnel of event types; ratings: one event per "
+    "user and item (like or view), no sessions, histories over years.",
+)
+@click.option(
+    "--users", default=2000, show_default=True, type=click.IntRange(10, 10**7), help="Users."
+)
+@click.option(
+    "--items", default=1000, show_default=True, type=click.IntRange(10, 10**7), help="Items."
+)
+@click.option(
+    "--days",
+    default=None,
+    type=click.IntRange(2, 36_500),
+    help="Time span in days [default: 14 for sessions, 1095 for ratings].",
+)
+@click.option(
+    "--events-per-user",
+    default=40.0,
+    show_default=True,
+    type=click.FloatRange(2, 10_000),
+    help="Mean interactions per user.",
+)
+@click.option("--seed", default=0, show_default=True, help="Same seed, same data.")
 def data_synth(
-    out: Path, users: int, items: int, days: int, events_per_user: float, seed: int
+    out: Path,
+    shape: str,
+    users: int,
+    items: int,
+    days: int | None,
+    events_per_user: float,
+    seed: int,
 ) -> None:
     """Write a synthetic data set (interactions.parquet, items.parquet) into OUT."""
     from tandem.batch.synth import SynthSpec, write
 
-    spec = SynthSpec(users, items, days, events_per_user, seed)
-    events, n_items = write(spec, out)
+    span = days if days is not None else (1095 if shape == "ratings" else 14)
+    spec = SynthSpec(users, items, span, events_per_user, seed)
+    events, n_items = write(spec, out, shape)
     click.echo(
-        f"wrote {events:,} interactions of {users:,} users on {n_items:,} items "
+        f"wrote {events:,} {shape}-shaped interactions of {users:,} users on {n_items:,} items "
         f"({spec.categories} categories) to {out}"
     )
 

@@ -8,12 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tandem.batch import candidates as cand
 from tandem.batch.data import load
 from tandem.batch.evaluate import Estimate, bootstrap_interval
 from tandem.batch.exceptions import InputError
-from tandem.batch.pipeline import Options, run
+from tandem.batch.pipeline import ALL_EVENTS, Options, run
 from tandem.batch.split import Protocol, split
-from tandem.batch.synth import SynthSpec, write
+from tandem.batch.synth import SynthSpec, generate_ratings, write
 
 SMALL = SynthSpec(users=300, items=200, days=10, events_per_user=30, seed=3)
 
@@ -98,3 +99,58 @@ def test_every_report_has_baselines_with_intervals_by_history(tmp_path: Path) ->
     text = output.table()
     assert "with history" in text
     assert "[" in text
+
+
+def test_ratings_shape_one_event_per_user_and_item_over_years() -> None:
+    spec = SynthSpec(users=200, items=150, days=1095, events_per_user=20, seed=1)
+    interactions, items = generate_ratings(spec)
+    assert not interactions.duplicated(["user_id", "item_id"]).any()
+    assert set(interactions["event_type"]) == {"like", "view"}
+    assert {"session_id", "device"}.isdisjoint(interactions.columns)
+    span_days = (interactions["ts"].max() - interactions["ts"].min()) / 86_400_000
+    assert span_days > 700
+    assert interactions.groupby("user_id").size().min() >= 5
+    assert set(interactions["item_id"]) <= set(items["item_id"])
+    first, _ = generate_ratings(spec)
+    pd.testing.assert_frame_equal(first, interactions)
+
+
+def test_ratings_shape_evaluates_in_both_protocols_with_a_fitted_decay(tmp_path: Path) -> None:
+    spec = SynthSpec(users=250, items=150, days=1095, events_per_user=25, seed=2)
+    write(spec, tmp_path, "ratings")
+    for protocol in (Protocol(), Protocol.parse("last-n", "20%")):
+        output = run(tmp_path, Options(protocol=protocol, final_lists=False), quiet=True)
+        # a half-life on the data's time scale (years of data): not a fixed week
+        assert output.metrics["decay_half_life_days"] > 60
+        assert output.metrics["eval_users"] > 20
+        for name in ("ranker_ndcg@10", "ease_ndcg@10", "candidates_recall@200"):
+            assert 0 < output.metrics[name] <= 1
+
+
+def test_seen_items_excluded_by_event_type_and_cold_users_get_popular_items(
+    tmp_path: Path,
+) -> None:
+    write(SMALL, tmp_path)
+    data = load(tmp_path / "interactions.parquet", tmp_path / "items.parquet")
+    events = data.events
+    cold_user = int(events["user"].max())
+    train = events.loc[events["user"] != cold_user]
+    clock = cand.Clock.fitted(train, int(train["ts"].max()) + 1)
+    i2i = cand.item_to_item(train, data.n_items, clock)
+    for kinds in (frozenset({"purchase"}), ALL_EVENTS):
+        frame = cand.user_candidates(
+            train, data.n_users, data.n_items, clock, i2i, kinds, data.item_category
+        ).frame
+        listed = set(zip(frame["user"], frame["item"], strict=True))
+        banned = train.loc[train["event_type"].isin(list(kinds))]
+        assert not listed & set(zip(banned["user"], banned["item"], strict=True))
+        if kinds == ALL_EVENTS:
+            views = train.loc[train["event_type"] == "view"]
+            assert not listed & set(zip(views["user"], views["item"], strict=True))
+        else:  # a viewed item may come back when only purchases are excluded
+            views = train.loc[train["event_type"] == "view"]
+            assert listed & set(zip(views["user"], views["item"], strict=True))
+    cold = frame.loc[frame["user"] == cold_user]
+    assert len(cold) == cand.COLD_START_ITEMS
+    top = np.argsort(-cand.popularity(train, data.n_items, clock), kind="stable")[:10]
+    assert set(top.tolist()) <= set(cold["item"].tolist())
