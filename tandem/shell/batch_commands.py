@@ -17,7 +17,13 @@ BASELINE_NAMES = ("popularity", "itemknn", "ease")  # as batch.baselines.BASELIN
 
 
 @click.command()
-@click.argument("store")
+@click.argument("store", required=False)
+@click.option(
+    "--from-batch",
+    "batch_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="A folder written by `tandem batch run --out DIR`: push its stores (all, or STORE).",
+)
 @click.option(
     "--from",
     "source",
@@ -53,7 +59,8 @@ BASELINE_NAMES = ("popularity", "itemknn", "ease")  # as batch.baselines.BASELIN
 @click.pass_context
 def publish(
     ctx: click.Context,
-    store: str,
+    store: str | None,
+    batch_dir: Path | None,
     source: Path | None,
     synthetic: int | None,
     candidates: int,
@@ -67,6 +74,13 @@ def publish(
     from tandem.batch.candidates_io import read_candidates, synthetic_candidates
     from tandem.batch.publish import Publisher
 
+    if batch_dir is not None:
+        if source is not None or synthetic is not None:
+            raise click.UsageError("--from-batch goes alone, without --from or --synthetic")
+        _publish_saved(ctx, batch_dir, store)
+        return
+    if store is None:
+        raise click.UsageError("name the STORE to publish (or give --from-batch DIR)")
     if (source is None) == (synthetic is None):
         raise click.UsageError("give exactly one of --from FILE and --synthetic N")
     metadata = {}
@@ -90,6 +104,17 @@ def publish(
             store, rows, metadata=metadata, partitions=partitions, on_record=bar.update
         )
     click.echo(result.describe())
+
+
+def _publish_saved(ctx: click.Context, folder: Path, store: str | None) -> None:
+    from tandem.batch.publish import check_broker, publish_output
+    from tandem.batch.saved import load_saved
+
+    stores = _stores(store) if store is not None else list(STORES)
+    saved = load_saved(folder)
+    check_broker(settings_of(ctx))
+    for line in publish_output(settings_of(ctx), saved, stores):
+        click.echo(line)
 
 
 @click.group()
@@ -224,7 +249,18 @@ def _evaluation_options(command: Callable[..., None]) -> Callable[..., None]:
 
 @batch.command("run")
 @_evaluation_options
-@click.option("--publish", "do_publish", is_flag=True, help="Push each store as a new version.")
+@click.option(
+    "--publish",
+    "do_publish",
+    is_flag=True,
+    help="Push each store as a new version (the broker is checked before training).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Keep the output in this folder, for `tandem publish --from-batch DIR` later.",
+)
 @click.option(
     "--stores",
     default=",".join(STORES),
@@ -240,15 +276,23 @@ def batch_run(
     exclude_seen: str,
     seed: int,
     do_publish: bool,
+    out: Path | None,
     stores: str,
 ) -> None:
     """Run the batch stage on DATA; with --publish, push u2i (with its re-ranker), i2i, popular."""
     from tandem.batch import pipeline
-    from tandem.batch.publish import publish_output
+    from tandem.batch.publish import check_broker, publish_output
+    from tandem.batch.saved import save
 
     chosen = _stores(stores)
-    output = pipeline.run(data_dir, _options(protocol, last_n, exclude_seen, seed, True))
+    options = _options(protocol, last_n, exclude_seen, seed, True)
+    if do_publish:  # minutes of training are not spent on output nobody can receive
+        check_broker(settings_of(ctx))
+    output = pipeline.run(data_dir, options)
     click.echo(output.table())
+    if out is not None:
+        written = save(output, out)
+        click.echo(f"kept {len(written)} files in {out}: `tandem publish --from-batch {out}`")
     if do_publish:
         for line in publish_output(settings_of(ctx), output, chosen):
             click.echo(line)
