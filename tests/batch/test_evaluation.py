@@ -19,34 +19,44 @@ from tandem.batch.synth import SynthSpec, generate_ratings, write
 SMALL = SynthSpec(users=300, items=200, days=10, events_per_user=30, seed=3)
 
 
-def _plant_after_split(folder: Path) -> None:
-    """Add, for an existing user and item, a purchase after the split time (at the last ts)."""
+def _plant_after_split(folder: Path, users: int = 50) -> int:
+    """Add, for existing users, a purchase of a popular item each has not touched, at the last
+    timestamp (after the split time): pairs the candidates hold, so a leak would show."""
     frame = pd.read_parquet(folder / "interactions.parquet")
-    planted = frame.iloc[[0]].assign(
-        ts=int(frame["ts"].max()), event_type="purchase", session_id="planted"
-    )
-    pd.concat([frame, planted], ignore_index=True).to_parquet(
+    by_popularity = frame["item_id"].value_counts().index.tolist()
+    planted = []
+    for user in frame["user_id"].drop_duplicates().iloc[:users]:
+        seen = set(frame.loc[frame["user_id"] == user, "item_id"])
+        item = next(i for i in by_popularity if i not in seen)
+        planted.append(
+            frame.loc[frame["user_id"] == user]
+            .iloc[[0]]
+            .assign(item_id=item, ts=int(frame["ts"].max()), event_type="purchase", session_id="p")
+        )
+    pd.concat([frame, *planted], ignore_index=True).to_parquet(
         folder / "interactions.parquet", index=False
     )
+    return len(planted)
 
 
 def test_an_interaction_after_the_split_changes_no_training_input(tmp_path: Path) -> None:
     clean, planted = tmp_path / "clean", tmp_path / "planted"
     write(SMALL, clean)
     write(SMALL, planted)
-    _plant_after_split(planted)
+    count = _plant_after_split(planted)
     options = Options(final_lists=False)
     before = run(clean, options, quiet=True)
     after = run(planted, options, quiet=True)
-    assert len(after.data.events) == len(before.data.events) + 1
+    assert len(after.data.events) == len(before.data.events) + count
     # candidates, features, ranker labels, popularity, the ranker itself: one digest
     assert after.training_digest == before.training_digest
     assert after.metrics["decay_half_life_days"] == before.metrics["decay_half_life_days"]
-    # the planted event is held out: it can only change the judged side
+    # the planted events are held out: they change the judged side only
     events = after.data.events
     outer = split(events, Protocol())
     assert int(events["ts"].max()) >= outer.now_ms
-    assert len(outer.test) == len(split(before.data.events, Protocol()).test) + 1
+    assert len(outer.test) == len(split(before.data.events, Protocol()).test) + count
+    assert after.metrics["ranker_ndcg@10"] != before.metrics["ranker_ndcg@10"]
 
 
 def test_last_n_holds_out_each_users_newest_interactions(tmp_path: Path) -> None:
