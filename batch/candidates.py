@@ -21,6 +21,7 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import svds
 
 from tandem.batch import collaborative as collab
+from tandem.batch import engine
 
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
@@ -98,7 +99,7 @@ def item_to_item(events: pd.DataFrame, n_items: int, clock: Clock, k: int = 50) 
         dtype=np.float32,
     )
     x.data = np.minimum(x.data, 1.0)  # repeated views in a session count once
-    co = (x.T @ x).tocsr()
+    co = engine.gram(x)
     co.setdiag(0)
     co.eliminate_zeros()
     norm = np.sqrt(np.asarray(x.power(2).sum(axis=0)).ravel()) + 1e-6

@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from tandem.batch import engine
+
 EASE_MAX_ITEMS = 12_000  # dense item × item solve: beyond this the most interacted items only
 EASE_LAMBDA = 200.0
 KNN_NEIGHBOURS = 100
@@ -46,7 +48,7 @@ def item_knn(x: sp.csr_matrix, k: int = KNN_NEIGHBOURS) -> sp.csr_matrix:
     from tandem.batch.candidates import top_k_rows
 
     norm = np.sqrt(np.asarray(x.power(2).sum(axis=0)).ravel()) + 1e-6
-    co = (x.T @ x).tocsr().astype(np.float32)
+    co = engine.gram(x).astype(np.float32)
     co.setdiag(0)
     co.eliminate_zeros()
     co = (sp.diags(1 / norm) @ co @ sp.diags(1 / norm)).tocsr()
@@ -59,7 +61,7 @@ def ease(x: sp.csr_matrix, lam: float = EASE_LAMBDA) -> tuple[np.ndarray, np.nda
     items = np.sort(np.argsort(-counts, kind="stable")[:EASE_MAX_ITEMS])
     items = items[counts[items] > 0]
     sub = x[:, items]
-    gram = (sub.T @ sub).toarray().astype(np.float64)
+    gram = engine.gram(sub).toarray().astype(np.float64)
     gram[np.diag_indices_from(gram)] += lam
     p = np.linalg.inv(gram)
     b = -p / np.diag(p)
@@ -109,23 +111,39 @@ def top_items(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(items, scores)`` (users × ``k``, best first) of ``users``; masked items never appear.
 
-    Users whose row of ``x`` is empty get ``fallback`` scores (popularity) instead.
+    Users whose row of ``x`` is empty get ``fallback`` scores (popularity) instead. Chunks of
+    users are scored by the current engine (``engine.current``).
     """
     k = min(k, x.shape[1])
-    items = np.empty((users.size, k), dtype=np.int32)
-    scores = np.empty((users.size, k), dtype=np.float32)
-    for start in range(0, users.size, USER_CHUNK):
-        chunk = users[start : start + USER_CHUNK]
-        rows = x[chunk]
-        value = scorer(rows)
-        if fallback is not None:
-            cold = np.diff(rows.indptr) == 0
-            value[cold] = fallback
-        banned = mask[chunk].tocoo()
-        value[banned.row, banned.col] = -np.inf
-        top = np.argpartition(-value, k - 1, axis=1)[:, :k]
-        top_scores = np.take_along_axis(value, top, axis=1)
-        order = np.argsort(-top_scores, axis=1, kind="stable")
-        items[start : start + chunk.size] = np.take_along_axis(top, order, axis=1)
-        scores[start : start + chunk.size] = np.take_along_axis(top_scores, order, axis=1)
-    return items, scores
+    chunks = [
+        (x[users[start : start + USER_CHUNK]], mask[users[start : start + USER_CHUNK]])
+        for start in range(0, users.size, USER_CHUNK)
+    ]
+    parts = engine.current().map(_top_chunk, chunks, scorer=scorer, k=k, fallback=fallback)
+    if not parts:
+        return np.empty((0, k), dtype=np.int32), np.empty((0, k), dtype=np.float32)
+    return (
+        np.concatenate([items for items, _ in parts]),
+        np.concatenate([scores for _, scores in parts]),
+    )
+
+
+def _top_chunk(
+    chunk: tuple[sp.csr_matrix, sp.csr_matrix],
+    scorer: Scorer,
+    k: int,
+    fallback: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    rows, banned_rows = chunk
+    value = scorer(rows)
+    if fallback is not None:
+        value[np.diff(rows.indptr) == 0] = fallback
+    banned = banned_rows.tocoo()
+    value[banned.row, banned.col] = -np.inf
+    top = np.argpartition(-value, k - 1, axis=1)[:, :k]
+    top_scores = np.take_along_axis(value, top, axis=1)
+    order = np.argsort(-top_scores, axis=1, kind="stable")
+    return (
+        np.take_along_axis(top, order, axis=1).astype(np.int32),
+        np.take_along_axis(top_scores, order, axis=1).astype(np.float32),
+    )

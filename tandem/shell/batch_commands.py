@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +194,21 @@ def _stores(value: str) -> list[str]:
     return chosen
 
 
+@contextlib.contextmanager
+def _engine(address: str | None, workers: int | None) -> Iterator[None]:
+    """The chunked steps on Dask when asked (the dashboard link printed), else here."""
+    from tandem.batch import engine
+
+    if address is None and workers is None:
+        yield
+        return
+    if address is not None and workers is not None:
+        raise click.UsageError("give one of --dask ADDRESS and --dask-workers N")
+    with engine.dask_cluster(address, workers) as (on_dask, dashboard), engine.using(on_dask):
+        click.echo(f"dask dashboard: {dashboard}")
+        yield
+
+
 def _options(protocol: str, last_n: str, exclude_seen: str, seed: int, lists: bool) -> Any:
     from tandem.batch.exceptions import InputError
     from tandem.batch.pipeline import ALL_EVENTS, Options
@@ -241,6 +257,18 @@ def _evaluation_options(command: Callable[..., None]) -> Callable[..., None]:
             help="Event types whose items a user is not recommended again (comma list or all).",
         ),
         click.option("--seed", default=0, show_default=True, help="Seed of sampling and training."),
+        click.option(
+            "--dask",
+            "dask_address",
+            default=None,
+            help="Run the chunked steps on the Dask scheduler at this address (tcp://host:8786).",
+        ),
+        click.option(
+            "--dask-workers",
+            type=click.IntRange(1, 256),
+            default=None,
+            help="Start a local Dask cluster of N worker processes for the chunked steps.",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -275,6 +303,8 @@ def batch_run(
     last_n: str,
     exclude_seen: str,
     seed: int,
+    dask_address: str | None,
+    dask_workers: int | None,
     do_publish: bool,
     out: Path | None,
     stores: str,
@@ -288,7 +318,8 @@ def batch_run(
     options = _options(protocol, last_n, exclude_seen, seed, True)
     if do_publish:  # minutes of training are not spent on output nobody can receive
         check_broker(settings_of(ctx))
-    output = pipeline.run(data_dir, options)
+    with _engine(dask_address, dask_workers):
+        output = pipeline.run(data_dir, options)
     click.echo(output.table())
     if out is not None:
         written = save(output, out)
@@ -301,13 +332,20 @@ def batch_run(
 @batch.command("evaluate")
 @_evaluation_options
 def batch_evaluate(
-    data_dir: Path, protocol: str, last_n: str, exclude_seen: str, seed: int
+    data_dir: Path,
+    protocol: str,
+    last_n: str,
+    exclude_seen: str,
+    seed: int,
+    dask_address: str | None,
+    dask_workers: int | None,
 ) -> None:
     """Print the offline evaluation on DATA beside the baselines (nothing is published)."""
     from tandem.batch import pipeline
 
     options = _options(protocol, last_n, exclude_seen, seed, False)
-    output = pipeline.run(data_dir, options)
+    with _engine(dask_address, dask_workers):
+        output = pipeline.run(data_dir, options)
     click.echo(f"protocol: {options.protocol.describe()}")
     click.echo(output.table())
     click.echo("")
