@@ -171,10 +171,11 @@ def run(data_dir: Path, options: Options | None = None, *, quiet: bool = False) 
     """The whole batch stage on ``data_dir`` (interactions.* and an optional items.*)."""
     options = options or Options()
     stages = Stages(total=9 if options.final_lists else 6, quiet=quiet)
-    interactions = next(iter(sorted(data_dir.glob("interactions.*"))), None)
+    interactions = next(iter(sorted(data_dir.glob("interactions*"))), None)
     if interactions is None:
         raise InputError(
-            f"{data_dir}: no interactions.parquet or interactions.csv; write one with "
+            f"{data_dir}: no interactions.parquet, interactions.csv or interactions/ folder of "
+            "partitions; write one with "
             "`tandem data synth --out DIR` or see the README for its columns"
         )
     items_file = next(iter(sorted(data_dir.glob("items.*"))), None)

@@ -6,10 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from distributed import get_task_stream
 
 from tandem.batch import engine
+from tandem.batch.data import load
 from tandem.batch.pipeline import Options, run
 from tandem.batch.synth import SynthSpec, write
 
@@ -62,3 +64,22 @@ def test_cli_prints_the_dashboard_and_the_same_table(folder: Path) -> None:
         abs(printed - alone.metrics["ranker_ndcg@10"])
         <= TOLERANCE * alone.metrics["ranker_ndcg@10"]
     )
+
+
+@pytest.mark.parametrize("suffix", ["parquet", "csv"])
+def test_partitioned_input_reads_as_the_single_file(
+    folder: Path, tmp_path: Path, suffix: str
+) -> None:
+    whole = load(folder / "interactions.parquet", folder / "items.parquet")
+    frame = pd.read_parquet(folder / "interactions.parquet")
+    parts = tmp_path / "interactions"
+    parts.mkdir()
+    for n, start in enumerate(range(0, len(frame), len(frame) // 3 + 1)):
+        chunk = frame.iloc[start : start + len(frame) // 3 + 1]
+        if suffix == "parquet":
+            chunk.to_parquet(parts / f"part-{n}.parquet", index=False)
+        else:
+            chunk.to_csv(parts / f"part-{n}.csv", index=False)
+    split_up = load(parts, folder / "items.parquet")
+    pd.testing.assert_frame_equal(split_up.events, whole.events)
+    assert split_up.users.equals(whole.users)
