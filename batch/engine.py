@@ -34,6 +34,8 @@ class OnDask:
 
     def __init__(self, client: Any) -> None:
         self.client = client
+        self.tasks = 0
+        self.workers: set[str] = set()  # addresses of the workers that ran a task
 
     def map(self, fn: Callable[..., T], chunks: list[Any], **shared: Any) -> list[T]:
         """The same as ``Local.map``, each chunk a task on the cluster."""
@@ -43,6 +45,9 @@ class OnDask:
         }
         futures = self.client.map(fn, chunks, pure=False, **scattered)
         results: list[T] = self.client.gather(futures)
+        self.tasks += len(futures)
+        for holders in self.client.who_has(futures).values():
+            self.workers.update(holders)
         return results
 
 
