@@ -236,7 +236,8 @@ def _evaluation_options(command: Callable[..., None]) -> Callable[..., None]:
             "data_dir",
             type=click.Path(exists=True, file_okay=False, path_type=Path),
             required=True,
-            help="Folder with interactions.(parquet|csv) and an optional items.*",
+            help="Folder with interactions.(parquet|csv) or an interactions/ folder of partitions, "
+            "and an optional items.*",
         ),
         click.option(
             "--protocol",
