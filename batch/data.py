@@ -9,6 +9,7 @@ columns are kept as item features.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,9 +50,29 @@ def code(value: Any) -> int:
     return int(value)
 
 
+def _read_partitioned(path: Path) -> pd.DataFrame:
+    """A folder of Parquet (or CSV) partitions, read with dask.dataframe."""
+    import dask.dataframe as dd
+
+    with warnings.catch_warnings():
+        # dask 2026.8 calls reset_index(inplace=True), deprecated by pandas 3.1: not ours to fix
+        warnings.filterwarnings("ignore", "The inplace keyword")
+        if any(path.glob("*.parquet")):
+            frame: pd.DataFrame = dd.read_parquet(str(path / "*.parquet")).compute()
+        elif any(path.glob("*.csv")):
+            frame = dd.read_csv(
+                str(path / "*.csv"), dtype={"user_id": str, "item_id": str, "session_id": str}
+            ).compute()
+        else:
+            raise InputError(f"{path}: a folder without .parquet or .csv partitions")
+    return frame.reset_index(drop=True)
+
+
 def _read(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        return _read_partitioned(path)
     if path.suffix == ".parquet":
         return pd.read_parquet(path)
     if path.suffix in (".csv", ".txt"):

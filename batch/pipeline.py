@@ -1,13 +1,17 @@
 """The batch stage end to end: load, split, candidates, ranker, re-ranker, evaluation, lists.
 
-Data loading and candidate generation work on pandas frames and scipy sparse matrices with
-integer codes, one function per step: a Dask engine can take their place (dask.dataframe for
-the frames, lightgbm.dask for training) without changing the steps' contracts.
+The evaluation cannot see the future: the data is split by a protocol (``split``) into
+``train`` and ``test``; ``train`` is split again the same way into ``fit`` and ``valid``, and the
+ranker learns from candidates built on ``fit`` with labels from ``valid``. Candidates built on
+``train`` and ranked by that model are then judged against ``test`` beside the baselines
+(``baselines``), computed on the same ``train``. The published lists come from all the data,
+ranked by a model trained on ``train`` with labels from ``test``.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import resource
 import time
@@ -22,20 +26,32 @@ import pandas as pd
 import scipy.sparse as sp
 from tqdm import tqdm
 
+from tandem.batch import baselines, ranking, rerank_train
 from tandem.batch import candidates as cand
-from tandem.batch import ranking, rerank_train
 from tandem.batch.data import Dataset, code, load
-from tandem.batch.evaluate import hit_rate_at, map_at, ndcg_at, recall_at
+from tandem.batch.evaluate import MetricRow, table
 from tandem.batch.exceptions import InputError
+from tandem.batch.split import Protocol, Split, split
+from tandem.contracts.domain import POSITIVE_WEIGHTS
 from tandem.contracts.schemas import CandidateList
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 TOP_K = 200
-TEST_SHARE = 0.15
 MAX_FIT_USERS = 20_000
 MAX_EVAL_USERS = 10_000
+ALL_EVENTS = frozenset(POSITIVE_WEIGHTS)
+
+
+@dataclass(frozen=True)
+class Options:
+    """How a run splits, what it never recommends, and whether it builds the final lists."""
+
+    protocol: Protocol = field(default_factory=Protocol)
+    exclude: frozenset[str] = ALL_EVENTS  # event types whose items a user is not shown again
+    seed: int = 0
+    final_lists: bool = True  # False: evaluate only
 
 
 @dataclass
@@ -58,11 +74,17 @@ class BatchOutput:
     metrics: dict[str, float]
     reranker_model: str | None
     timings: list[StageTiming] = field(default_factory=list)
+    report: list[MetricRow] = field(default_factory=list)
+    training_digest: str = ""  # of every training input of the evaluation (leak checks)
 
     def table(self) -> str:
-        """The evaluation as a printable table."""
-        rows = [f"{name:<34} {value:>8.4f}" for name, value in self.metrics.items()]
-        return "\n".join(["metric                               value", *rows])
+        """The evaluation (with 95% intervals, by history) and the re-ranker's figures."""
+        rows = [
+            f"{name:<34} {value:>8.4f}"
+            for name, value in self.metrics.items()
+            if name.startswith(("reranker", "offline", "decay"))
+        ]
+        return "\n".join([table(self.report), "", *rows])
 
     def categories_json(self) -> bytes:
         """Item id → category name, the ``categories`` attachment of the u2i version."""
@@ -129,146 +151,142 @@ class Stages:
         self._bar.close()
 
 
-def _ranked_lists(frame: pd.DataFrame, scores: np.ndarray) -> dict[int, list[int]]:
-    ranked = (
-        frame[["user", "item"]]
-        .assign(score=scores)
-        .sort_values(["user", "score"], ascending=[True, False], kind="stable")
-    )
-    return {code(u): g["item"].tolist() for u, g in ranked.groupby("user", sort=False)}
+def _digest(*parts: pd.DataFrame | np.ndarray | str) -> str:
+    """A fingerprint of training inputs: equal inputs, equal digest."""
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, pd.DataFrame):
+            frame = part
+            if "session" in frame:  # codes over all the data; renumbered within the part
+                frame = frame.assign(session=pd.factorize(frame["session"])[0])
+            h.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+        elif isinstance(part, np.ndarray):
+            h.update(np.ascontiguousarray(part).tobytes())
+        else:
+            h.update(part.encode())
+    return h.hexdigest()
 
 
-def _evaluate(
-    frame: pd.DataFrame,
-    scores: np.ndarray,
-    label: np.ndarray,
-    test: pd.DataFrame,
-    train_events: pd.DataFrame,
-    data: Dataset,
-    eval_users: np.ndarray,
-    now_ms: int,
-) -> dict[str, float]:
-    relevant = {code(u): set(g["item"].tolist()) for u, g in test.groupby("user")}
-    gains_frame = frame.assign(label=label)
-    users = [int(u) for u in eval_users if int(u) in relevant]
-    in_eval = frame["user"].isin(users).to_numpy()
-    ranked = _ranked_lists(frame.loc[in_eval], scores[in_eval])
-    gains_by_user = {
-        code(u): dict(zip(g["item"], g["label"], strict=True))
-        for u, g in gains_frame.loc[in_eval & (label > 0)].groupby("user")
-    }
-    for u, items in relevant.items():  # items outside the candidates still count as relevant
-        gains_by_user.setdefault(u, {}).update(
-            {i: 1 for i in items if i not in gains_by_user.get(u, {})}
-        )
-    lists = [ranked.get(u, []) for u in users]
-    rel = [relevant[u] for u in users]
-    gains = [gains_by_user.get(u, {}) for u in users]
-    pop = cand.popularity(train_events, data.n_items, now_ms)
-    bought = train_events.loc[train_events["event_type"] == "purchase"].groupby("user")["item"]
-    bought_sets = {code(u): set(g.tolist()) for u, g in bought}
-    order = np.argsort(-pop, kind="stable")[:300].tolist()
-    baseline = [[i for i in order if i not in bought_sets.get(u, set())][:10] for u in users]
-    return {
-        "candidates_recall@50": recall_at(lists, rel, 50),
-        "candidates_recall@200": recall_at(lists, rel, 200),
-        "ranker_ndcg@10": ndcg_at(lists, gains, 10),
-        "ranker_hitrate@10": hit_rate_at(lists, rel, 10),
-        "ranker_map@10": map_at(lists, rel, 10),
-        "popularity_ndcg@10": ndcg_at(baseline, gains, 10),
-        "popularity_hitrate@10": hit_rate_at(baseline, rel, 10),
-        "popularity_map@10": map_at(baseline, rel, 10),
-        "eval_users": float(len(users)),
-    }
-
-
-def run(data_dir: Path, *, seed: int = 0, quiet: bool = False) -> BatchOutput:
+def run(data_dir: Path, options: Options | None = None, *, quiet: bool = False) -> BatchOutput:
     """The whole batch stage on ``data_dir`` (interactions.* and an optional items.*)."""
-    stages = Stages(total=8, quiet=quiet)
-    interactions = next(iter(sorted(data_dir.glob("interactions.*"))), None)
+    options = options or Options()
+    stages = Stages(total=9 if options.final_lists else 6, quiet=quiet)
+    interactions = next(iter(sorted(data_dir.glob("interactions*"))), None)
     if interactions is None:
         raise InputError(
-            f"{data_dir}: no interactions.parquet or interactions.csv; write one with "
+            f"{data_dir}: no interactions.parquet, interactions.csv or interactions/ folder of "
+            "partitions; write one with "
             "`tandem data synth --out DIR` or see the README for its columns"
         )
     items_file = next(iter(sorted(data_dir.glob("items.*"))), None)
     data = stages.run("load", lambda: load(interactions, items_file))
-    # The time-split work runs in its own frame, so its candidates are freed before the final
-    # lists are built (they would otherwise double the peak memory).
-    model, metrics, reranker = _learn(stages, data, seed)
-    hi = int(data.events["ts"].max())
-    i2i_full = stages.run(
-        "i2i (all data)", lambda: cand.item_to_item(data.events, data.n_items, hi)
-    )
-    u2i = stages.run(
-        "u2i lists (all data)", lambda: _final_lists(data, data.events, i2i_full, model, hi)
-    )
+    if data.events.empty:
+        raise InputError(f"{interactions}: no interactions")
+    learned = _learn(stages, data, options)
+    u2i = pd.DataFrame({"user": [], "item": [], "score": []})
+    i2i = sp.csr_matrix((data.n_items, data.n_items), dtype=np.float32)
+    clock = cand.Clock.fitted(data.events, int(data.events["ts"].max()) + 1)
+    if options.final_lists:
+        rows = _fit_users(learned.frame, learned.final_label, options.seed)
+        final = stages.run(
+            "train final ranker (train → test)",
+            functools.partial(
+                ranking.train, learned.frame.loc[rows], learned.final_label[rows], options.seed
+            ),
+        )
+        learned.frame = learned.frame.iloc[:0]
+        i2i = stages.run(
+            "i2i (all data)", lambda: cand.item_to_item(data.events, data.n_items, clock)
+        )
+        u2i = stages.run(
+            "u2i lists (all data)",
+            lambda: _final_lists(data, data.events, i2i, final, clock, options.exclude),
+        )
     stages.close()
     return BatchOutput(
         data,
         u2i,
-        i2i_full,
-        cand.popular_by_segment(data.events, data.n_items, hi),
-        metrics,
-        reranker,
+        i2i,
+        cand.popular_by_segment(data.events, data.n_items, clock),
+        learned.metrics,
+        learned.reranker,
         stages.timings,
+        learned.report,
+        learned.digest,
     )
 
 
-def _learn(stages: Stages, data: Dataset, seed: int) -> tuple[Any, dict[str, float], str | None]:
-    """Ranker, evaluation and re-ranker on a time split: the last 15% of the span is held out."""
-    events = data.events
-    lo, hi = int(events["ts"].min()), int(events["ts"].max())
-    split_ms = hi - int((hi - lo) * TEST_SHARE)
-    train_events, test = events[events["ts"] < split_ms], events[events["ts"] >= split_ms]
-    i2i_train = stages.run(
-        "i2i (train split)", lambda: cand.item_to_item(train_events, data.n_items, split_ms)
+@dataclass
+class _Learned:
+    frame: pd.DataFrame  # candidates + features built on ``train``
+    final_label: np.ndarray  # their labels from ``test`` (for the published model)
+    metrics: dict[str, float]
+    report: list[MetricRow]
+    reranker: str | None
+    digest: str
+
+
+def _candidate_frame(
+    data: Dataset, events: pd.DataFrame, clock: cand.Clock, exclude: frozenset[str]
+) -> tuple[pd.DataFrame, sp.csr_matrix]:
+    i2i = cand.item_to_item(events, data.n_items, clock)
+    found = cand.user_candidates(
+        events, data.n_users, data.n_items, clock, i2i, exclude, data.item_category
     )
-    frame = stages.run(
-        "u2i candidates (train split)",
-        lambda: ranking.features(
-            cand.user_candidates(
-                train_events, data.n_users, data.n_items, split_ms, i2i_train
-            ).frame,
-            train_events,
-            data,
-            split_ms,
+    return ranking.features(found.frame, events, data, clock), i2i
+
+
+def _fit_users(frame: pd.DataFrame, label: np.ndarray, seed: int) -> np.ndarray:
+    """Rows of at most ``MAX_FIT_USERS`` users with a relevant candidate (a fixed sample)."""
+    useful = pd.Series(label).groupby(frame["user"].to_numpy()).transform("max").to_numpy() > 0
+    users = np.unique(frame["user"].to_numpy()[useful])
+    chosen = np.random.default_rng(seed).permutation(users)[:MAX_FIT_USERS]
+    return useful & np.isin(frame["user"].to_numpy(), chosen)
+
+
+def _learn(stages: Stages, data: Dataset, options: Options) -> _Learned:
+    """Ranker, evaluation and re-ranker, none of which sees the held-out interactions."""
+    outer = split(data.events, options.protocol)
+    inner = split(outer.train, options.protocol)
+    if outer.test.empty or inner.test.empty or inner.train.empty:
+        raise InputError(
+            f"too little data to split by {options.protocol.describe()}: "
+            f"{len(data.events)} interactions of {data.n_users} users"
+        )
+    fit_clock = cand.Clock.fitted(inner.train, inner.now_ms)
+    fit_frame, fit_i2i = stages.run(
+        "candidates (fit)", lambda: _candidate_frame(data, inner.train, fit_clock, options.exclude)
+    )
+    fit_label = ranking.labels(fit_frame, inner.test, data.n_items)
+    rows = _fit_users(fit_frame, fit_label, options.seed)
+    model = stages.run(
+        "train ranker (fit → valid)",
+        functools.partial(ranking.train, fit_frame.loc[rows], fit_label[rows], options.seed),
+    )
+    reranker = stages.run(
+        "train re-ranker (valid sessions)",
+        functools.partial(
+            _train_reranker, data, inner, fit_frame, model, fit_i2i, fit_clock, options.seed
         ),
     )
-    label = ranking.labels(frame, test, data.n_items)
-    # A fixed split of users: at most MAX_FIT_USERS train the ranker, MAX_EVAL_USERS judge it.
-    bucket = np.random.default_rng(seed).permutation(data.n_users)
-    fit_mask = np.zeros(data.n_users, dtype=bool)
-    fit_mask[bucket[: min(MAX_FIT_USERS, data.n_users // 2)]] = True
-    eval_mask = np.zeros(data.n_users, dtype=bool)
-    eval_mask[bucket[data.n_users // 2 :][:MAX_EVAL_USERS]] = True
-    fit_rows = fit_mask[frame["user"].to_numpy()]
-    model = stages.run(
-        "train ranker", functools.partial(ranking.train, frame.loc[fit_rows], label[fit_rows], seed)
+    digest = _digest(
+        inner.train, inner.test, outer.train, fit_frame, fit_label, model.model_to_string()
+    )
+    del fit_frame, fit_label
+    clock = cand.Clock.fitted(outer.train, outer.now_ms)
+    frame, _ = stages.run(
+        "candidates (train)", lambda: _candidate_frame(data, outer.train, clock, options.exclude)
     )
     scores = ranking.score(model, frame)
-    metrics = stages.run(
+    report, metrics = stages.run(
         "evaluate",
-        functools.partial(
-            _evaluate,
-            frame,
-            scores,
-            label,
-            test,
-            train_events,
-            data,
-            np.flatnonzero(eval_mask),
-            split_ms,
+        lambda: baselines.evaluate(
+            data, outer, clock, frame, scores, options.exclude, MAX_EVAL_USERS, options.seed
         ),
-    )
-    batch_top = ranking.top_k(frame, scores, TOP_K)
-    del frame, scores, label
-    reranker = stages.run(
-        "train re-ranker",
-        lambda: _train_reranker(data, test, batch_top, i2i_train, train_events, split_ms, seed),
     )
     metrics.update(
         {
+            "decay_half_life_days": clock.half_life_ms / cand.DAY_MS,
             "reranker_ndcg@10_batch_order": reranker.ndcg_batch,
             "reranker_ndcg@10_with_session": reranker.ndcg_rerank,
             "reranker_lift": reranker.lift,
@@ -279,40 +297,50 @@ def _learn(stages: Stages, data: Dataset, seed: int) -> tuple[Any, dict[str, flo
         }
     )
     text = None if reranker.model is None else reranker.model.model_to_string()
-    return model, metrics, text
+    final_label = ranking.labels(frame, outer.test, data.n_items)
+    return _Learned(frame, final_label, metrics, report, text, digest)
 
 
 def _train_reranker(
     data: Dataset,
-    test: pd.DataFrame,
-    batch_top: pd.DataFrame,
+    inner: Split,
+    fit_frame: pd.DataFrame,
+    model: Any,
     i2i: sp.csr_matrix,
-    train_events: pd.DataFrame,
-    split_ms: int,
+    clock: cand.Clock,
     seed: int,
 ) -> rerank_train.RerankerResult:
+    """The re-ranker on the validation window's sessions, served as of the fit data."""
+    batch_top = ranking.top_k(fit_frame, ranking.score(model, fit_frame), TOP_K)
     names = data.items.to_numpy().astype(str)
     lists: dict[int, tuple[list[str], list[float]]] = {}
-    wanted = set(test["user"].unique().tolist())
+    wanted = set(inner.test["user"].unique().tolist())
     for user, group in batch_top.groupby("user", sort=False):
         if code(user) in wanted:
             lists[code(user)] = (
                 names[group["item"].to_numpy()].tolist(),
                 group["score"].astype(float).tolist(),
             )
-    pop = cand.popularity(train_events, data.n_items, split_ms)
+    pop = cand.popularity(inner.train, data.n_items, clock)
     order = np.argsort(-pop, kind="stable")[:TOP_K]
     popular = (names[order].tolist(), (pop[order] / max(float(pop[order[0]]), 1e-9)).tolist())
     categories = dict(zip(names, data.categories[data.item_category].astype(str), strict=True))
     serving = rerank_train.ServingState(
         lists, i2i, popular, data.items.astype(str), data.users, categories
     )
-    return rerank_train.train(test, serving, seed)
+    return rerank_train.train(inner.test, serving, seed)
 
 
 def _final_lists(
-    data: Dataset, events: pd.DataFrame, i2i: sp.csr_matrix, model: Any, now_ms: int
+    data: Dataset,
+    events: pd.DataFrame,
+    i2i: sp.csr_matrix,
+    model: Any,
+    clock: cand.Clock,
+    exclude: frozenset[str],
 ) -> pd.DataFrame:
-    full = cand.user_candidates(events, data.n_users, data.n_items, now_ms, i2i)
-    frame = ranking.features(full.frame, events, data, now_ms)
+    full = cand.user_candidates(
+        events, data.n_users, data.n_items, clock, i2i, exclude, data.item_category
+    )
+    frame = ranking.features(full.frame, events, data, clock)
     return ranking.top_k(frame, ranking.score(model, frame), TOP_K)

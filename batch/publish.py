@@ -13,6 +13,7 @@ from confluent_kafka import KafkaError, KafkaException, Message
 from confluent_kafka.cimpl import NewTopic
 
 from tandem.batch.exceptions import PushError
+from tandem.batch.saved import Publishable, of_output
 from tandem.contracts import topics
 from tandem.contracts.checksum import combine, record_digest, to_hex
 from tandem.contracts.codec import encode
@@ -26,7 +27,7 @@ from tandem.contracts.control import (
     control_headers,
     record_headers,
 )
-from tandem.contracts.domain import I2I, POPULAR, U2I
+from tandem.contracts.domain import U2I
 from tandem.contracts.exceptions import ServiceError
 from tandem.contracts.kafka import (
     admin,
@@ -302,27 +303,35 @@ class Publisher:
         self._producer.flush(30)
 
 
-def publish_output(settings: Settings, output: BatchOutput, stores: list[str]) -> list[str]:
+def publish_output(
+    settings: Settings, output: BatchOutput | Publishable, stores: list[str]
+) -> list[str]:
     """Push the chosen stores of a batch run; u2i carries the re-ranker and item categories."""
+    what = output if isinstance(output, Publishable) else of_output(output)
     lines = []
     metadata = {
         "metrics": {
-            k: v for k, v in output.metrics.items() if k.startswith(("ranker_", "candidates_"))
+            k: v for k, v in what.metrics.items() if k.startswith(("ranker_", "candidates_"))
         },
-        "reranker": "lightgbm" if output.reranker_model else None,
+        "reranker": "lightgbm" if what.reranker else None,
     }
     with Publisher(settings) as publisher:
         for store in stores:
             attachments = {}
             if store == U2I:
-                attachments["categories"] = output.categories_json()
-                if output.reranker_model is not None:
-                    attachments["model"] = output.reranker_model.encode()
-            rows = {U2I: output.u2i_rows, I2I: output.i2i_rows, POPULAR: output.popular_rows}[
-                store
-            ]()
+                attachments["categories"] = what.categories
+                if what.reranker is not None:
+                    attachments["model"] = what.reranker.encode()
             result = publisher.publish(
-                store, rows, metadata=metadata if store == U2I else {}, attachments=attachments
+                store,
+                what.rows[store](),
+                metadata=metadata if store == U2I else {},
+                attachments=attachments,
             )
             lines.append(result.describe())
     return lines
+
+
+def check_broker(settings: Settings, timeout_s: float = 5.0) -> None:
+    """Raise ``ServiceError`` (one line) unless the broker answers within ``timeout_s``."""
+    existing_topics(admin(settings), timeout_s)

@@ -18,6 +18,7 @@ import scipy.sparse as sp
 
 from tandem.batch.data import code
 from tandem.batch.evaluate import ndcg_at
+from tandem.batch.ranking import THREADS
 from tandem.contracts.domain import KNOWN_DEVICES
 from tandem.contracts.features import FEATURES, Context, build_features
 from tandem.contracts.ranking import NO_SESSION, merge
@@ -144,7 +145,7 @@ def train(held_out: pd.DataFrame, serving: ServingState, seed: int = 0) -> Reran
             "min_data_in_leaf": 20,
             "verbose": -1,
             "seed": seed,
-            "num_threads": 2,
+            "num_threads": THREADS,
             "deterministic": True,
             "force_row_wise": True,
         },
@@ -153,7 +154,7 @@ def train(held_out: pd.DataFrame, serving: ServingState, seed: int = 0) -> Reran
     )
     batch_ranked = [list(range(len(y))) for _, y in hold]
     reranked = [
-        np.argsort(-np.asarray(model.predict(f, num_threads=2)), kind="stable").tolist()
+        np.argsort(-np.asarray(model.predict(f, num_threads=THREADS)), kind="stable").tolist()
         for f, _ in hold
     ]
     gains = [{int(n): 1.0 for n in np.flatnonzero(y)} for _, y in hold]

@@ -126,9 +126,60 @@ def generate(spec: SynthSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
     return interactions, items
 
 
-def write(spec: SynthSpec, out: Path) -> tuple[int, int]:
+def generate_ratings(spec: SynthSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Ratings-shaped ``(interactions, items)``: one event per user and item (``like`` for a
+    high rating, ``view`` for the rest), no sessions or devices, histories spanning years.
+
+    Users have lasting tastes over a few categories and rate items by popularity within them,
+    without repeats; each user is active over their own stretch of the ``spec.days`` span.
+    """
+    rng = np.random.default_rng(spec.seed)
+    category, _, _ = _items(spec, rng)
+    item_pop = 1.0 / (rng.permutation(spec.items) + 1.0) ** 0.9
+    favorites = rng.integers(spec.categories, size=(spec.users, 3))
+    taste = rng.dirichlet(np.ones(3) * 0.7, size=spec.users)
+    count = np.clip(
+        rng.lognormal(np.log(spec.events_per_user) - 0.5, 1.0, size=spec.users).astype(int),
+        5,
+        spec.items // 2,
+    )
+    span_ms = spec.days * DAY_MS
+    first = rng.integers(0, span_ms, size=spec.users)
+    active = (rng.random(spec.users) * (span_ms - first)).astype(np.int64) + DAY_MS
+    parts = []
+    for user in range(spec.users):
+        affinity = np.full(spec.categories, 0.03)
+        np.add.at(affinity, favorites[user], taste[user])
+        weight = np.log(item_pop * affinity[category])
+        keys = weight + rng.gumbel(size=spec.items)  # Gumbel top-k: sampling without repeats
+        chosen = np.argpartition(-keys, count[user] - 1)[: count[user]]
+        liked = rng.random(chosen.size) < 0.25 + 0.5 * (affinity[category[chosen]] > 0.2)
+        ts = START_MS + first[user] + np.sort(rng.integers(0, active[user], size=chosen.size))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "user_id": f"u{user}",
+                    "item_id": "i" + pd.Series(chosen).astype(str),
+                    "ts": ts.astype(np.int64),
+                    "event_type": np.where(liked, "like", "view"),
+                }
+            )
+        )
+    interactions = pd.concat(parts, ignore_index=True).sort_values(
+        ["ts", "user_id"], kind="stable", ignore_index=True
+    )
+    items = pd.DataFrame(
+        {"item_id": [f"i{n}" for n in range(spec.items)], "category": [f"c{c}" for c in category]}
+    )
+    return interactions, items
+
+
+SHAPES = ("sessions", "ratings")
+
+
+def write(spec: SynthSpec, out: Path, shape: str = "sessions") -> tuple[int, int]:
     """Write ``interactions.parquet`` and ``items.parquet`` into ``out``; returns row counts."""
-    interactions, items = generate(spec)
+    interactions, items = generate_ratings(spec) if shape == "ratings" else generate(spec)
     out.mkdir(parents=True, exist_ok=True)
     interactions.to_parquet(out / "interactions.parquet", index=False)
     items.to_parquet(out / "items.parquet", index=False)
