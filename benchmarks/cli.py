@@ -215,18 +215,53 @@ def bench_freshness(
     type=click.FloatRange(1, 60),
     help="How long each rate is offered.",
 )
+@click.option(
+    "--repeat",
+    default=3,
+    show_default=True,
+    type=click.IntRange(1, 20),
+    help="Climbs per server (interleaved); cells show the median and the range.",
+)
+@click.option(
+    "--reranker",
+    default="lightgbm",
+    show_default=True,
+    type=click.Choice(["lightgbm", "heuristic"]),
+    help="Attach a LightGBM model to the u2i version (the batch stage's size) or none.",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the figures as JSON (top-level cpu_per_request_ratio) to this file.",
+)
 @write_option
 @click.pass_context
-def bench_api(ctx: click.Context, users: int, seconds: float, write: Path | None) -> None:
-    """Open-loop p50/p95/p99 and the highest rate with p99 < 10 ms: tandem vs a bare handler."""
+def bench_api(
+    ctx: click.Context,
+    users: int,
+    seconds: float,
+    repeat: int,
+    reranker: str,
+    json_path: Path | None,
+    write: Path | None,
+) -> None:
+    """Open-loop p50/p99, CPU per request and the highest rate with p99 < 10 ms: tandem (1 and
+    2 processes) vs a bare handler."""
+    import json
+
     with _services(ctx) as settings:
-        result = api_bench.run(settings, users, seconds)
+        result = api_bench.run(settings, users, seconds, repeat, reranker)
     _report(
         "api",
-        f"python -m benchmarks api --users {users} --seconds {seconds:g}",
+        f"python -m benchmarks api --users {users} --seconds {seconds:g} --repeat {repeat} "
+        f"--reranker {reranker}",
         result.markdown(),
         write,
     )
+    if json_path is not None:
+        json_path.write_text(json.dumps(result.to_json(), indent=2) + "\n")
 
 
 @bench.command("batch")
