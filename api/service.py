@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 
 from tandem.api import metrics
 from tandem.api.exceptions import Unavailable
-from tandem.api.reranker import Reranker, load_reranker
+from tandem.api.reranker import LightGBMReranker, Reranker, load_reranker
 from tandem.contracts.domain import I2I, POPULAR, U2I
 from tandem.contracts.exceptions import ValidationError
 from tandem.contracts.features import (
@@ -79,7 +79,8 @@ class RecommendationService:
         self._rerankers: dict[int | None, Reranker] = {None: load_reranker(None, 0)}
         self.categories: dict[str, str] = {}
         self.snapshot: dict[str, tuple[list[str], list[float]]] = {}
-        self._pending_writes: set[asyncio.Task[None]] = set()
+        self._pending_writes: set[asyncio.Future[None]] = set()
+        self._observed: Versions | None = None
 
     async def recommend(self, user: str, k: int, device: str | None) -> Answer:
         """The JSON answer for ``user``; degraded (never late) when the budget runs out."""
@@ -97,7 +98,9 @@ class RecommendationService:
             return Answer(_envelope(data.cached, cached=True, started=started), "cached")
         if data.popular[0]:
             self.snapshot[segment] = data.popular
-        _observe(data.versions)
+        if data.versions != self._observed:  # the gauges move only at a cutover
+            _observe(data.versions)
+            self._observed = data.versions
         session, session_device = _session(data.session)
         similar = await self._similar(data, session, deadline)
         candidates = merge(
@@ -163,6 +166,10 @@ class RecommendationService:
             self._executor, load_reranker, text, version
         )
         self._rerankers = {None: self._rerankers[None], version: reranker}  # keep one version
+        if isinstance(reranker, LightGBMReranker):  # faster once compiled; scores meanwhile
+            self._background(
+                asyncio.get_running_loop().run_in_executor(self._executor, reranker.compile)
+            )
         self.categories = categories
         log.info(
             "u2i v%s: re-ranking with %s, %d item categories",
@@ -231,9 +238,12 @@ class RecommendationService:
         return Answer(_envelope(core, cached=False, started=started), "degraded")
 
     def _cache(self, data: RequestData, core: bytes) -> None:
-        task = asyncio.create_task(self._write_cache(data, core))
-        self._pending_writes.add(task)
-        task.add_done_callback(self._pending_writes.discard)
+        self._background(asyncio.ensure_future(self._write_cache(data, core)))
+
+    def _background(self, work: asyncio.Future[None]) -> None:
+        """Keep ``work`` referenced until done (and awaited by :meth:`drain`)."""
+        self._pending_writes.add(work)
+        work.add_done_callback(self._pending_writes.discard)
 
     async def _write_cache(self, data: RequestData, core: bytes) -> None:
         try:
