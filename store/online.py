@@ -13,7 +13,7 @@ from tandem.contracts.domain import I2I, POPULAR, U2I
 from tandem.store.connect import queue_script
 from tandem.store.exceptions import StoreError
 from tandem.store.keys import Keys
-from tandem.store.scripts import USER_READ
+from tandem.store.scripts import POINTERS, USER_READ
 
 TRENDING_TOP = 200
 GLOBAL = "global"
@@ -91,6 +91,7 @@ class OnlineReader:
         self._redis = redis
         self._keys = keys
         self._expected = _Expected()
+        self._pointers = [keys.live(U2I), keys.live(I2I), keys.live(POPULAR), keys.global_epoch()]
 
     async def read(self, user: str, k: int, device: str, segment: str) -> RequestData:
         """Versions, epochs and the cached answer, or the inputs of a fresh answer."""
@@ -124,8 +125,7 @@ class OnlineReader:
     ) -> list[Any]:
         keys = self._keys
         pipe = self._redis.pipeline(transaction=False)
-        for key in (keys.live(U2I), keys.live(I2I), keys.live(POPULAR), keys.global_epoch()):
-            pipe.get(key)  # one slot, so one node: no MGET, which cluster pipelines refuse
+        queue_script(pipe, POINTERS, self._pointers)
         # Where a store has no live version there is no entity key to read: the user's epoch
         # stands in (the script reads no candidates then).
         u2i = keys.epoch(user) if expected.u2i is None else keys.entity(U2I, expected.u2i, user)
@@ -142,7 +142,7 @@ class OnlineReader:
             pipe.get(keys.entity(POPULAR, expected.popular, segment))
             pipe.get(keys.entity(POPULAR, expected.popular, GLOBAL))
         pipe.zrevrange(keys.trending(segment), 0, TRENDING_TOP - 1, withscores=True)
-        *meta, mine, popular, fallback, trend = await pipe.execute()
+        meta, mine, popular, fallback, trend = await pipe.execute()
         if expected.popular is None:
             popular = fallback = None
         return [meta, mine, popular, fallback if segment != GLOBAL else None, trend]
