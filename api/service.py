@@ -81,6 +81,7 @@ class RecommendationService:
         self.snapshot: dict[str, tuple[list[str], list[float]]] = {}
         self._pending_writes: set[asyncio.Future[None]] = set()
         self._observed: Versions | None = None
+        self._loading: dict[int, asyncio.Future[Reranker | None]] = {}
 
     async def recommend(self, user: str, k: int, device: str | None) -> Answer:
         """The JSON answer for ``user``; degraded (never late) when the budget runs out."""
@@ -109,7 +110,7 @@ class RecommendationService:
         context = Context(
             int(time.time() * 1000), device or session_device, session.affinity, session.events
         )
-        reranker = await self._assets(data.versions.u2i, deadline)
+        reranker = await self._assets(data.versions.u2i)
         order, scores, degraded = await self._rank(
             candidates, context, data.trending, reranker, deadline
         )
@@ -149,27 +150,34 @@ class RecommendationService:
             return []
         return [(ts, found) for (_, ts), found in zip(seeds, lists, strict=True) if found]
 
-    async def _assets(self, version: int | None, deadline: float) -> Reranker:
-        """The re-ranker of a u2i version (and its item categories), loaded once per version."""
+    async def _assets(self, version: int | None) -> Reranker:
+        """The re-ranker of a u2i version (and its item categories), loaded once per version:
+        requests arriving while it loads wait for the same load."""
         found = self._rerankers.get(version)
         if found is not None:
             return found
         if version is None:
             return self._rerankers[None]
+        loading = self._loading.get(version)
+        if loading is None or (loading.done() and loading.result() is None):  # none, or failed
+            loading = asyncio.ensure_future(self._load(version))
+            self._loading = {version: loading}
+        # Shielded: a request that gives up (its client went away) leaves the load to the others.
+        return await asyncio.shield(loading) or self._rerankers[None]
+
+    async def _load(self, version: int) -> Reranker | None:
+        """Read and load a version's re-ranker; None if Redis did not answer in time."""
         try:
             text, categories = await asyncio.wait_for(
-                self._reader.attachments(version), self._redis_timeout(deadline)
+                self._reader.attachments(version), self._budget.redis_timeout_ms / 1000
             )
         except (RedisError, OSError, TimeoutError):
-            return self._rerankers[None]
-        reranker = await asyncio.get_running_loop().run_in_executor(
-            self._executor, load_reranker, text, version
-        )
+            return None
+        loop = asyncio.get_running_loop()
+        reranker = await loop.run_in_executor(self._executor, load_reranker, text, version)
         self._rerankers = {None: self._rerankers[None], version: reranker}  # keep one version
         if isinstance(reranker, LightGBMReranker):  # faster once compiled; scores meanwhile
-            self._background(
-                asyncio.get_running_loop().run_in_executor(self._executor, reranker.compile)
-            )
+            self._background(loop.run_in_executor(self._executor, reranker.compile))
         self.categories = categories
         log.info(
             "u2i v%s: re-ranking with %s, %d item categories",

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import cast
+
 import lightgbm as lgb
 import numpy as np
 
 from tandem.api.reranker import HeuristicReranker, LightGBMReranker, load_reranker
+from tandem.api.service import Budget, RecommendationService
 from tandem.contracts.features import (
     FEATURES,
     FROM_I2I,
@@ -16,6 +21,7 @@ from tandem.contracts.features import (
     build_features,
 )
 from tandem.contracts.ranking import SessionView, merge
+from tandem.store.online import OnlineReader
 
 NOW = 1_790_000_000_000
 
@@ -155,3 +161,29 @@ def test_features_match_their_cell_by_cell_definition() -> None:
             build_features(cands, context, categories, trending),
             _features_cell_by_cell(cands, context, categories, trending),
         )
+
+
+class _CountingReader:
+    """Answers ``attachments`` slowly, counting the calls (the rest of OnlineReader is unused)."""
+
+    def __init__(self, model: bytes) -> None:
+        self.model = model
+        self.calls = 0
+
+    async def attachments(self, version: int) -> tuple[bytes | None, dict[str, str]]:
+        self.calls += 1
+        await asyncio.sleep(0.05)
+        return self.model, {"a": "books"}
+
+
+async def test_requests_arriving_during_a_load_share_it_and_it_gets_compiled() -> None:
+    reader = _CountingReader(tiny_model(list(FEATURES)).encode())
+    with ThreadPoolExecutor(2) as executor:
+        service = RecommendationService(cast(OnlineReader, reader), Budget(500, 100, 60), executor)
+        loaded = await asyncio.gather(*(service._assets(4) for _ in range(20)))
+        assert reader.calls == 1
+        assert len({id(r) for r in loaded}) == 1
+        assert loaded[0].name == "lightgbm:v4"
+        assert service.categories == {"a": "books"}
+        await service.drain()  # the compilation started after the load
+        assert loaded[0].inline
