@@ -18,6 +18,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from tandem.contracts.codec import encode
 from tandem.contracts.domain import U2I
 from tandem.contracts.features import FEATURES
 from tandem.contracts.settings import Settings
+from tandem.contracts.waiting import wait_for
 from tandem.shell import devservices
 from tandem.store.connect import connect
 from tandem.store.keys import Keys
@@ -41,6 +43,7 @@ P99_LIMIT_MS = 10.0
 RATES = (100, 200, 300, 400, 500, 700, 900, 1200, 1500, 2000, 2500, 3000)
 CPU_RATES = (100, 200, 300)  # CPU per request is counted where every server keeps up
 TARGET_RATE = 300
+SETTLE_S = 120.0
 BARE = "bare"
 
 
@@ -325,6 +328,7 @@ async def _climb(url: str, seconds: float, users: int, pid: int) -> Climb:
                 statuses.append(response.status)
         if statuses[-100:].count(200) < 100:  # a cold start may time out; a warm one may not
             raise RuntimeError(f"{url} answered {statuses[-100:]} while warming up")
+        await wait_for(partial(_quiet, pid), SETTLE_S, "the server to finish its start-up work")
         misses = 0
         for rate in RATES:
             step = await _step(session, url, rate, seconds, users, pid)
@@ -333,6 +337,15 @@ async def _climb(url: str, seconds: float, users: int, pid: int) -> Climb:
             if misses >= 2 and rate >= max(CPU_RATES):
                 break
     return Climb(steps)
+
+
+async def _quiet(pid: int) -> bool:
+    """Whether the idle server spent under 2% of a core over half a second (the re-ranker's
+    compilation, in a thread after the first requests, is over)."""
+    pids = process_tree(pid)
+    before = cpu_s(pids)
+    await asyncio.sleep(0.5)
+    return cpu_s(pids) - before < 0.01
 
 
 def _wait_http(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
@@ -349,7 +362,7 @@ def _wait_http(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 60) 
 
 
 def _start(
-    settings: Settings, procs: list[subprocess.Popen[bytes]]
+    settings: Settings, procs: list[subprocess.Popen[bytes]], only: str | None = None
 ) -> tuple[list[Server], dict[str, str]]:
     """Start the servers (appending to ``procs`` as they start) and wait until they listen."""
     url = settings.redis_url.get_secret_value()
@@ -379,6 +392,8 @@ def _start(
             "/v1/recommendations/u{user}?k=20",
         ),
     ):
+        if only is not None and name != only:
+            continue
         port = devservices.free_port()
         extra = [str(port), url, template] if name == BARE else ["--port", str(port)]
         log = (Path(tempfile.gettempdir()) / f"tandem-bench-{name}.log").open("wb")

@@ -99,15 +99,24 @@ def bench_publish(ctx: click.Context, records: int, items: int, write: Path | No
 @bench.command("materialize")
 @click.option("--records", default=100_000, show_default=True, type=click.IntRange(1000, 10**7))
 @click.option("--items", default=50, show_default=True, type=click.IntRange(1, 5000))
+@click.option(
+    "--repeat",
+    default=3,
+    show_default=True,
+    type=click.IntRange(1, 20),
+    help="Repetitions (a fresh version each); cells show the median and the range.",
+)
 @write_option
 @click.pass_context
-def bench_materialize(ctx: click.Context, records: int, items: int, write: Path | None) -> None:
+def bench_materialize(
+    ctx: click.Context, records: int, items: int, repeat: int, write: Path | None
+) -> None:
     """Materializer vs (a) consuming without writing and (b) writing without consuming."""
     with _services(ctx) as settings:
-        result = pipeline_bench.run_materialize(settings, records, items)
+        result = pipeline_bench.run_materialize(settings, records, items, repeat)
     _report(
         "materialize",
-        f"python -m benchmarks materialize --records {records} --items {items}",
+        f"python -m benchmarks materialize --records {records} --items {items} --repeat {repeat}",
         result.markdown(),
         write,
     )
