@@ -66,11 +66,12 @@ class LightGBMReranker:
         self.name = f"lightgbm:v{version}"
         self._text = model_text
         self._compiled: lleaves.Model | None = None
+        self._small = self.booster.num_trees() <= INLINE_MAX_TREES
 
     @property
     def inline(self) -> bool:
         """Whether it runs on the event loop (compiled and small)."""
-        return self._compiled is not None and self.booster.num_trees() <= INLINE_MAX_TREES
+        return self._small and self._compiled is not None
 
     def compile(self) -> None:
         """Compile the trees (about a second of CPU for 80 trees; call it off the event loop).

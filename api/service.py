@@ -79,7 +79,7 @@ class RecommendationService:
         self._rerankers: dict[int | None, Reranker] = {None: load_reranker(None, 0)}
         self.categories: dict[str, str] = {}
         self.snapshot: dict[str, tuple[list[str], list[float]]] = {}
-        self._pending_writes: set[asyncio.Future[None]] = set()
+        self._pending: set[asyncio.Future[None]] = set()
         self._observed: Versions | None = None
         self._loading: dict[int, asyncio.Future[Reranker | None]] = {}
 
@@ -89,9 +89,8 @@ class RecommendationService:
         deadline = started + self._budget.deadline_ms / 1000
         segment = f"device:{device}" if device else "global"
         try:
-            data = await asyncio.wait_for(
-                self._reader.read(user, k, device or "any", segment), self._redis_timeout(deadline)
-            )
+            async with asyncio.timeout(self._redis_timeout(deadline)):  # no task, unlike wait_for
+                data = await self._reader.read(user, k, device or "any", segment)
         except (RedisError, OSError, TimeoutError, StoreError) as e:
             return self._from_snapshot(user, k, segment, started, e)
         if data.cached is not None:
@@ -141,10 +140,8 @@ class RecommendationService:
         if not seeds or data.versions.i2i is None:
             return []
         try:
-            lists = await asyncio.wait_for(
-                self._reader.similar(data.versions.i2i, [item for item, _ in seeds]),
-                self._redis_timeout(deadline),
-            )
+            async with asyncio.timeout(self._redis_timeout(deadline)):
+                lists = await self._reader.similar(data.versions.i2i, [item for item, _ in seeds])
         except (RedisError, OSError, TimeoutError):
             log.warning("i2i read failed or timed out; answering without session candidates")
             return []
@@ -246,23 +243,18 @@ class RecommendationService:
         return Answer(_envelope(core, cached=False, started=started), "degraded")
 
     def _cache(self, data: RequestData, core: bytes) -> None:
-        self._background(asyncio.ensure_future(self._write_cache(data, core)))
+        self._reader.store_answer(data, core, self._budget.cache_ttl_s)
 
     def _background(self, work: asyncio.Future[None]) -> None:
         """Keep ``work`` referenced until done (and awaited by :meth:`drain`)."""
-        self._pending_writes.add(work)
-        work.add_done_callback(self._pending_writes.discard)
-
-    async def _write_cache(self, data: RequestData, core: bytes) -> None:
-        try:
-            await self._reader.store_answer(data, core, self._budget.cache_ttl_s)
-        except (RedisError, OSError) as e:
-            log.warning("could not cache an answer: %s", e)
+        self._pending.add(work)
+        work.add_done_callback(self._pending.discard)
 
     async def drain(self) -> None:
         """Wait for cache writes still in flight (at shutdown)."""
-        if self._pending_writes:
-            await asyncio.gather(*self._pending_writes, return_exceptions=True)
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+        await self._reader.flush()
 
 
 def _observe(versions: Versions) -> None:

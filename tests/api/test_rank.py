@@ -164,7 +164,7 @@ def test_features_match_their_cell_by_cell_definition() -> None:
 
 
 class _CountingReader:
-    """Answers ``attachments`` slowly, counting the calls (the rest of OnlineReader is unused)."""
+    """Answers ``attachments`` slowly, counting the calls (reads are not used here)."""
 
     def __init__(self, model: bytes) -> None:
         self.model = model
@@ -174,6 +174,9 @@ class _CountingReader:
         self.calls += 1
         await asyncio.sleep(0.05)
         return self.model, {"a": "books"}
+
+    async def flush(self) -> None:
+        """Nothing to cache here."""
 
 
 async def test_requests_arriving_during_a_load_share_it_and_it_gets_compiled() -> None:
