@@ -174,7 +174,10 @@ class MaterializeResult:
         ]
         for phase, label in (
             ("consume", "(a) consume the version topic, no writes"),
-            ("redis", "(b) pipelined SET of the same values, no consuming"),
+            (
+                "redis",
+                "(b) MSET of the same values (1,000 a command, 2,000 a round trip), no consuming",
+            ),
             (
                 "materialize",
                 "tandem materializer (decode, checksum, CAS batch, commit; group join excluded "
@@ -216,10 +219,15 @@ async def _redis_only(settings: Settings, rows: list[tuple[str, bytes]]) -> Phas
     prefix = "bench" + uuid.uuid4().hex[:6]
     cpu_before = time.process_time()
     start = time.perf_counter()
-    for at in range(0, len(rows), 2000):
+    for at in range(0, len(rows), 2000):  # as the materializer writes: MSETs of 1,000 pairs
         pipe = redis.pipeline(transaction=False)
-        for entity, value in rows[at : at + 2000]:
-            pipe.set(f"{prefix}:{entity}", value, ex=600)
+        for chunk in range(at, min(at + 2000, len(rows)), 1000):
+            args = [
+                x
+                for entity, value in rows[chunk : chunk + 1000]
+                for x in (f"{prefix}:{entity}", value)
+            ]
+            pipe.execute_command("MSET", *args)
         await pipe.execute()
     elapsed = time.perf_counter() - start
     cpu = time.process_time() - cpu_before
