@@ -183,6 +183,13 @@ def bench_faults(only: tuple[str, ...], json_path: Path | None, write: Path | No
     type=click.IntRange(0, 1 << 20),
     help="Passed to the worker (0: the worker's default for the broker).",
 )
+@click.option(
+    "--repeat",
+    default=3,
+    show_default=True,
+    type=click.IntRange(1, 20),
+    help="Repetitions of every rate and the flood; cells show the median and the range.",
+)
 @write_option
 @click.pass_context
 def bench_freshness(
@@ -191,6 +198,7 @@ def bench_freshness(
     rates: str,
     flood: int,
     changelog_batch_bytes: int,
+    repeat: int,
     write: Path | None,
 ) -> None:
     """Produce → visible in Redis latency through the stream worker, vs the bare Kafka hop."""
@@ -202,14 +210,20 @@ def bench_freshness(
         settings = started.model_copy(update={"key_prefix": "fresh" + uuid.uuid4().hex[:6]})
         result = asyncio.run(
             freshness_bench.run(
-                settings, environment(settings), seconds, offered, flood, changelog_batch_bytes
+                settings,
+                environment(settings),
+                seconds,
+                offered,
+                flood,
+                changelog_batch_bytes,
+                repeat,
             )
         )
     broker = "tansu" if result.broker.startswith("Tansu") else "kafka"
     _report(
         f"freshness-{broker}-{changelog_batch_bytes or 'default'}",
         f"python -m benchmarks freshness --seconds {seconds:g} --rates {rates} --flood {flood} "
-        f"--changelog-batch-bytes {changelog_batch_bytes}",
+        f"--changelog-batch-bytes {changelog_batch_bytes} --repeat {repeat}",
         result.markdown(),
         write,
     )
