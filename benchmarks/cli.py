@@ -65,15 +65,20 @@ def _services(
 @bench.command("store")
 @click.option("--entities", default=20_000, show_default=True, type=click.IntRange(100, 10**6))
 @click.option("--reads", default=5000, show_default=True, type=click.IntRange(100, 10**6))
+@click.option("--repeat", default=3, show_default=True, type=click.IntRange(1, 20))
 @write_option
 @click.pass_context
-def bench_store(ctx: click.Context, entities: int, reads: int, write: Path | None) -> None:
-    """Store reads (live pointer + decode) vs raw GET; versioned writes vs pipelined SET."""
+def bench_store(
+    ctx: click.Context, entities: int, reads: int, repeat: int, write: Path | None
+) -> None:
+    """Store reads (the API's read + decode) vs raw GET; versioned writes vs bare MSET."""
     with _services(ctx, kafka=False) as settings:
-        result = asyncio.run(store_bench.run(settings, entities, reads))
+        result = store_bench.StoreBench(
+            [asyncio.run(store_bench.run(settings, entities, reads)) for _ in range(repeat)]
+        )
     _report(
         "store",
-        f"python -m benchmarks store --entities {entities} --reads {reads}",
+        f"python -m benchmarks store --entities {entities} --reads {reads} --repeat {repeat}",
         result.markdown(),
         write,
     )
