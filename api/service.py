@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 
 from tandem.api import metrics
 from tandem.api.exceptions import Unavailable
-from tandem.api.reranker import Reranker, load_reranker
+from tandem.api.reranker import LightGBMReranker, Reranker, load_reranker
 from tandem.contracts.domain import I2I, POPULAR, U2I
 from tandem.contracts.exceptions import ValidationError
 from tandem.contracts.features import (
@@ -80,7 +80,9 @@ class RecommendationService:
         self._rerankers: dict[int | None, Reranker] = {None: load_reranker(None, 0)}
         self.categories: dict[str, str] = {}
         self.snapshot: dict[str, tuple[list[str], list[float]]] = {}
-        self._pending_writes: set[asyncio.Task[None]] = set()
+        self._pending: set[asyncio.Future[None]] = set()
+        self._observed: Versions | None = None
+        self._loading: dict[int, asyncio.Future[Reranker | None]] = {}
 
     async def recommend(self, user: str, k: int, device: str | None) -> Answer:
         """The JSON answer for ``user``; degraded (never late) when the budget runs out."""
@@ -88,9 +90,8 @@ class RecommendationService:
         deadline = started + self._budget.deadline_ms / 1000
         segment = f"device:{device}" if device else "global"
         try:
-            data = await asyncio.wait_for(
-                self._reader.read(user, k, device or "any", segment), self._redis_timeout(deadline)
-            )
+            async with asyncio.timeout(self._redis_timeout(deadline)):  # no task, unlike wait_for
+                data = await self._reader.read(user, k, device or "any", segment)
         except (RedisError, OSError, TimeoutError, StoreError) as e:
             return self._from_snapshot(user, k, segment, started, e)
         if data.cached is not None:
@@ -98,7 +99,9 @@ class RecommendationService:
             return Answer(_envelope(data.cached, cached=True, started=started), "cached")
         if data.popular[0]:
             self.snapshot[segment] = data.popular
-        _observe(data.versions)
+        if data.versions != self._observed:  # the gauges move only at a cutover
+            _observe(data.versions)
+            self._observed = data.versions
         session, session_device = _session(data.session)
         similar = await self._similar(data, session, deadline)
         candidates = merge(
@@ -107,7 +110,7 @@ class RecommendationService:
         context = Context(
             int(time.time() * 1000), device or session_device, session.affinity, session.events
         )
-        reranker = await self._assets(data.versions.u2i, deadline)
+        reranker = await self._assets(data.versions.u2i)
         order, scores, degraded = await self._rank(
             candidates, context, data.trending, reranker, deadline
         )
@@ -138,33 +141,44 @@ class RecommendationService:
         if not seeds or data.versions.i2i is None:
             return []
         try:
-            lists = await asyncio.wait_for(
-                self._reader.similar(data.versions.i2i, [item for item, _ in seeds]),
-                self._redis_timeout(deadline),
-            )
+            async with asyncio.timeout(self._redis_timeout(deadline)):
+                lists = await self._reader.similar(data.versions.i2i, [item for item, _ in seeds])
         except (RedisError, OSError, TimeoutError):
             log.warning("i2i read failed or timed out; answering without session candidates")
             return []
         return [(ts, found) for (_, ts), found in zip(seeds, lists, strict=True) if found]
 
-    async def _assets(self, version: int | None, deadline: float) -> Reranker:
-        """The re-ranker of a u2i version (and its item categories), loaded once per version."""
+    async def _assets(self, version: int | None) -> Reranker:
+        """The re-ranker of a u2i version (and its item categories), loaded once per version:
+        requests arriving while it loads wait for the same load."""
         found = self._rerankers.get(version)
         if found is not None:
             return found
         if version is None:
             return self._rerankers[None]
+        loading = self._loading.get(version)
+        if loading is None or (loading.done() and loading.result() is None):  # none, or failed
+            loading = asyncio.ensure_future(self._load(version))
+            self._loading = {version: loading}
+        # Shielded: a request that gives up (its client went away) leaves the load to the others.
+        return await asyncio.shield(loading) or self._rerankers[None]
+
+    async def _load(self, version: int) -> Reranker | None:
+        """Read and load a version's re-ranker; None if Redis did not answer in time."""
         try:
             text, categories = await asyncio.wait_for(
-                self._reader.attachments(version), self._redis_timeout(deadline)
+                self._reader.attachments(version), self._budget.redis_timeout_ms / 1000
             )
         except (RedisError, OSError, TimeoutError):
-            return self._rerankers[None]
+            return None
         # In the request's context, so what load_reranker logs carries the request id.
-        reranker = await asyncio.get_running_loop().run_in_executor(
+        loop = asyncio.get_running_loop()
+        reranker = await loop.run_in_executor(
             self._executor, contextvars.copy_context().run, load_reranker, text, version
         )
         self._rerankers = {None: self._rerankers[None], version: reranker}  # keep one version
+        if isinstance(reranker, LightGBMReranker):  # faster once compiled; scores meanwhile
+            self._background(loop.run_in_executor(self._executor, reranker.compile))
         self.categories = categories
         log.info(
             "u2i v%s: re-ranking with %s, %d item categories",
@@ -233,20 +247,18 @@ class RecommendationService:
         return Answer(_envelope(core, cached=False, started=started), "degraded")
 
     def _cache(self, data: RequestData, core: bytes) -> None:
-        task = asyncio.create_task(self._write_cache(data, core))
-        self._pending_writes.add(task)
-        task.add_done_callback(self._pending_writes.discard)
+        self._reader.store_answer(data, core, self._budget.cache_ttl_s)
 
-    async def _write_cache(self, data: RequestData, core: bytes) -> None:
-        try:
-            await self._reader.store_answer(data, core, self._budget.cache_ttl_s)
-        except (RedisError, OSError) as e:
-            log.warning("could not cache an answer: %s", e)
+    def _background(self, work: asyncio.Future[None]) -> None:
+        """Keep ``work`` referenced until done (and awaited by :meth:`drain`)."""
+        self._pending.add(work)
+        work.add_done_callback(self._pending.discard)
 
     async def drain(self) -> None:
         """Wait for cache writes still in flight (at shutdown)."""
-        if self._pending_writes:
-            await asyncio.gather(*self._pending_writes, return_exceptions=True)
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+        await self._reader.flush()
 
 
 def _observe(versions: Versions) -> None:

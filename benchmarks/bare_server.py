@@ -1,5 +1,5 @@
 """The baseline of ``python -m benchmarks api``: an aiohttp handler doing one Redis GET of the
-same bytes.
+same bytes and answering with orjson.
 
 Run as ``python -m benchmarks.bare_server PORT REDIS_URL KEY_TEMPLATE`` (``%s`` is the user).
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import AsyncIterator
 
+import orjson
 import uvloop
 from aiohttp import web
 from redis.asyncio import Redis
@@ -18,9 +19,11 @@ TEMPLATE = web.AppKey("template", str)
 
 
 async def bare(request: web.Request) -> web.Response:
-    """GET /bare/{user}: the stored bytes of the user's candidate list, as they are."""
-    value = await request.app[REDIS].get(request.app[TEMPLATE] % request.match_info["user"])
-    return web.Response(body=value or b"", content_type="application/octet-stream")
+    """GET /bare/{user}: how many bytes the user's candidate list holds, as JSON."""
+    user = request.match_info["user"]
+    value = await request.app[REDIS].get(request.app[TEMPLATE] % user)
+    body = orjson.dumps({"user_id": user, "bytes": len(value or b"")})
+    return web.Response(body=body, content_type="application/json")
 
 
 def main() -> None:

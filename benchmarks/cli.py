@@ -65,15 +65,20 @@ def _services(
 @bench.command("store")
 @click.option("--entities", default=20_000, show_default=True, type=click.IntRange(100, 10**6))
 @click.option("--reads", default=5000, show_default=True, type=click.IntRange(100, 10**6))
+@click.option("--repeat", default=3, show_default=True, type=click.IntRange(1, 20))
 @write_option
 @click.pass_context
-def bench_store(ctx: click.Context, entities: int, reads: int, write: Path | None) -> None:
-    """Store reads (live pointer + decode) vs raw GET; versioned writes vs pipelined SET."""
+def bench_store(
+    ctx: click.Context, entities: int, reads: int, repeat: int, write: Path | None
+) -> None:
+    """Store reads (the API's read + decode) vs raw GET; versioned writes vs bare MSET."""
     with _services(ctx, kafka=False) as settings:
-        result = asyncio.run(store_bench.run(settings, entities, reads))
+        result = store_bench.StoreBench(
+            [asyncio.run(store_bench.run(settings, entities, reads)) for _ in range(repeat)]
+        )
     _report(
         "store",
-        f"python -m benchmarks store --entities {entities} --reads {reads}",
+        f"python -m benchmarks store --entities {entities} --reads {reads} --repeat {repeat}",
         result.markdown(),
         write,
     )
@@ -99,15 +104,24 @@ def bench_publish(ctx: click.Context, records: int, items: int, write: Path | No
 @bench.command("materialize")
 @click.option("--records", default=100_000, show_default=True, type=click.IntRange(1000, 10**7))
 @click.option("--items", default=50, show_default=True, type=click.IntRange(1, 5000))
+@click.option(
+    "--repeat",
+    default=3,
+    show_default=True,
+    type=click.IntRange(1, 20),
+    help="Repetitions (a fresh version each); cells show the median and the range.",
+)
 @write_option
 @click.pass_context
-def bench_materialize(ctx: click.Context, records: int, items: int, write: Path | None) -> None:
+def bench_materialize(
+    ctx: click.Context, records: int, items: int, repeat: int, write: Path | None
+) -> None:
     """Materializer vs (a) consuming without writing and (b) writing without consuming."""
     with _services(ctx) as settings:
-        result = pipeline_bench.run_materialize(settings, records, items)
+        result = pipeline_bench.run_materialize(settings, records, items, repeat)
     _report(
         "materialize",
-        f"python -m benchmarks materialize --records {records} --items {items}",
+        f"python -m benchmarks materialize --records {records} --items {items} --repeat {repeat}",
         result.markdown(),
         write,
     )
@@ -174,6 +188,13 @@ def bench_faults(only: tuple[str, ...], json_path: Path | None, write: Path | No
     type=click.IntRange(0, 1 << 20),
     help="Passed to the worker (0: the worker's default for the broker).",
 )
+@click.option(
+    "--repeat",
+    default=3,
+    show_default=True,
+    type=click.IntRange(1, 20),
+    help="Repetitions of every rate and the flood; cells show the median and the range.",
+)
 @write_option
 @click.pass_context
 def bench_freshness(
@@ -182,6 +203,7 @@ def bench_freshness(
     rates: str,
     flood: int,
     changelog_batch_bytes: int,
+    repeat: int,
     write: Path | None,
 ) -> None:
     """Produce → visible in Redis latency through the stream worker, vs the bare Kafka hop."""
@@ -193,14 +215,20 @@ def bench_freshness(
         settings = started.model_copy(update={"key_prefix": "fresh" + uuid.uuid4().hex[:6]})
         result = asyncio.run(
             freshness_bench.run(
-                settings, environment(settings), seconds, offered, flood, changelog_batch_bytes
+                settings,
+                environment(settings),
+                seconds,
+                offered,
+                flood,
+                changelog_batch_bytes,
+                repeat,
             )
         )
     broker = "tansu" if result.broker.startswith("Tansu") else "kafka"
     _report(
         f"freshness-{broker}-{changelog_batch_bytes or 'default'}",
         f"python -m benchmarks freshness --seconds {seconds:g} --rates {rates} --flood {flood} "
-        f"--changelog-batch-bytes {changelog_batch_bytes}",
+        f"--changelog-batch-bytes {changelog_batch_bytes} --repeat {repeat}",
         result.markdown(),
         write,
     )
@@ -215,18 +243,53 @@ def bench_freshness(
     type=click.FloatRange(1, 60),
     help="How long each rate is offered.",
 )
+@click.option(
+    "--repeat",
+    default=3,
+    show_default=True,
+    type=click.IntRange(1, 20),
+    help="Climbs per server (interleaved); cells show the median and the range.",
+)
+@click.option(
+    "--reranker",
+    default="lightgbm",
+    show_default=True,
+    type=click.Choice(["lightgbm", "heuristic"]),
+    help="Attach a LightGBM model to the u2i version (the batch stage's size) or none.",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the figures as JSON (top-level cpu_per_request_ratio) to this file.",
+)
 @write_option
 @click.pass_context
-def bench_api(ctx: click.Context, users: int, seconds: float, write: Path | None) -> None:
-    """Open-loop p50/p95/p99 and the highest rate with p99 < 10 ms: tandem vs a bare handler."""
+def bench_api(
+    ctx: click.Context,
+    users: int,
+    seconds: float,
+    repeat: int,
+    reranker: str,
+    json_path: Path | None,
+    write: Path | None,
+) -> None:
+    """Open-loop p50/p99, CPU per request and the highest rate with p99 < 10 ms: tandem (1 and
+    2 processes) vs a bare handler."""
+    import json
+
     with _services(ctx) as settings:
-        result = api_bench.run(settings, users, seconds)
+        result = api_bench.run(settings, users, seconds, repeat, reranker)
     _report(
         "api",
-        f"python -m benchmarks api --users {users} --seconds {seconds:g}",
+        f"python -m benchmarks api --users {users} --seconds {seconds:g} --repeat {repeat} "
+        f"--reranker {reranker}",
         result.markdown(),
         write,
     )
+    if json_path is not None:
+        json_path.write_text(json.dumps(result.to_json(), indent=2) + "\n")
 
 
 @bench.command("batch")

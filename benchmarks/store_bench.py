@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import orjson
 from redis.asyncio import Redis
 
-from benchmarks.common import machine, percentile
+from benchmarks.common import Spread, machine, percentile
 from tandem.contracts.codec import decode, encode
 from tandem.contracts.settings import Settings
 from tandem.store.connect import connect
@@ -40,46 +40,65 @@ class StoreBenchResult:
     raw_reads_per_s: float
     writer_per_s: float
     bare_set_per_s: float
+    store_read_cpu_us: float  # this process's CPU per read, 32 in flight
+    raw_read_cpu_us: float
+    writer_cpu_us: float  # per record written
+    bare_set_cpu_us: float
     packed_decode_us: float
     orjson_decode_us: float
     packed_bytes: int
     orjson_bytes: int
 
-    @property
-    def read_ratio(self) -> float:
-        """Store read p50 over raw GET p50 (target: at most 1.3)."""
-        return self.store_p50_us / self.raw_p50_us
 
-    @property
-    def write_ratio(self) -> float:
-        """Versioned writer throughput over bare pipelined SET (target: at least 0.6)."""
-        return self.writer_per_s / self.bare_set_per_s
+@dataclass(frozen=True)
+class StoreBench:
+    """Repeated runs of the store benchmark."""
+
+    runs: list[StoreBenchResult]
+
+    def _s(self, figure: str) -> Spread:
+        return Spread.of([float(getattr(r, figure)) for r in self.runs])
+
+    def _ratio(self, top: str, bottom: str) -> Spread:
+        return Spread.of([getattr(r, top) / getattr(r, bottom) for r in self.runs])
+
+    def _row(self, label: str, ours: str, base: str, fmt: str, target: str = "") -> str:
+        return (
+            f"| {label} | {self._s(ours).cell(fmt)} | {self._s(base).cell(fmt)} | "
+            f"{self._ratio(ours, base).cell('.2f')} | {target} |"
+        )
 
     def markdown(self) -> str:
         """The RESULTS.md section."""
+        first = self.runs[0]
         return "\n".join(
             [
                 "## Store (`python -m benchmarks store`)",
                 "",
-                f"Machine: {machine()}. {self.entities} entities of {ITEMS} items, "
-                f"{self.reads} sequential reads each way.",
+                f"Machine: {machine()}. {first.entities} entities of {ITEMS} items, "
+                f"{first.reads} sequential reads each way, {len(self.runs)} repetitions; cells: "
+                "median (lowest–highest). CPU: this process's own time (the client side; Redis "
+                "is another process) per read or record. tandem reads with the API's read (one "
+                "pipeline: pointers, the user script, popular, trending) and decodes; the "
+                "baseline is a raw GET. tandem writes with the versioned writer (MSET pairs, "
+                "progress compare-and-set); the baseline with bare MSETs of the same values.",
                 "",
                 "| figure | tandem | baseline | ratio | target |",
                 "|---|---|---|---|---|",
-                f"| one-user read p50 (µs) | {self.store_p50_us:.0f} (the API's read, decoded) | "
-                f"{self.raw_p50_us:.0f} (raw GET) | {self.read_ratio:.2f} | ≤ 1.3 |",
-                f"| one-entity read p99 (µs) | {self.store_p99_us:.0f} | {self.raw_p99_us:.0f} | "
-                f"{self.store_p99_us / self.raw_p99_us:.2f} | |",
-                f"| reads/s, 32 in flight | {self.store_reads_per_s:,.0f} | "
-                f"{self.raw_reads_per_s:,.0f} | "
-                f"{self.store_reads_per_s / self.raw_reads_per_s:.2f} | |",
-                f"| writes/s | {self.writer_per_s:,.0f} (versioned writer) | "
-                f"{self.bare_set_per_s:,.0f} (bare pipelined SET) | "
-                f"{self.write_ratio:.2f} | ≥ 0.6 |",
-                f"| decode of a {ITEMS}-item list (µs) | {self.packed_decode_us:.1f} (packed, "
-                f"{self.packed_bytes} B) | {self.orjson_decode_us:.1f} "
-                f"(orjson, {self.orjson_bytes} B) | "
-                f"{self.packed_decode_us / self.orjson_decode_us:.2f} | < 1 |",
+                self._row("one-user read p50 (µs)", "store_p50_us", "raw_p50_us", ".0f", "≤ 1.3"),
+                self._row("one-user read p99 (µs)", "store_p99_us", "raw_p99_us", ".0f"),
+                self._row("reads/s, 32 in flight", "store_reads_per_s", "raw_reads_per_s", ",.0f"),
+                self._row("CPU µs per read", "store_read_cpu_us", "raw_read_cpu_us", ".0f"),
+                self._row("writes/s", "writer_per_s", "bare_set_per_s", ",.0f", "≥ 0.6"),
+                self._row("CPU µs per record written", "writer_cpu_us", "bare_set_cpu_us", ".1f"),
+                self._row(
+                    f"decode of a {ITEMS}-item list (µs; packed {first.packed_bytes} B, orjson "
+                    f"{first.orjson_bytes} B)",
+                    "packed_decode_us",
+                    "orjson_decode_us",
+                    ".1f",
+                    "< 1",
+                ),
             ]
         )
 
@@ -115,31 +134,45 @@ async def _latencies(
     return samples
 
 
-async def _throughput(call: object, entities: int, reads: int, in_flight: int = 32) -> float:
+async def _throughput(
+    call: object, entities: int, reads: int, in_flight: int = 32
+) -> tuple[float, float]:
+    """Reads per second and CPU µs per read of this process."""
+
     async def worker(seed: int) -> None:
         rng = random.Random(seed)
         for _ in range(reads // in_flight):
             await call(f"u{rng.randrange(entities)}")  # type: ignore[operator]
 
-    start = time.perf_counter()
+    done = (reads // in_flight) * in_flight
+    cpu_before, start = time.process_time(), time.perf_counter()
     await asyncio.gather(*(worker(n) for n in range(in_flight)))
-    return (reads // in_flight) * in_flight / (time.perf_counter() - start)
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_before
+    return done / elapsed, 1e6 * cpu / done
 
 
-async def _writes(redis: Redis, keys: Keys, rows: list[tuple[str, bytes]]) -> tuple[float, float]:
+async def _writes(
+    redis: Redis, keys: Keys, rows: list[tuple[str, bytes]]
+) -> tuple[float, float, float, float]:
+    """Records per second and CPU µs per record: the versioned writer, then bare MSETs."""
     writer = VersionWriter(redis, keys, "u2i", 2)
-    start = time.perf_counter()
+    cpu, start = time.process_time(), time.perf_counter()
     for at in range(0, len(rows), BATCH):
         await writer.write(rows[at : at + BATCH])
-    writer_s = time.perf_counter() - start
-    start = time.perf_counter()
+    writer_s, writer_cpu = time.perf_counter() - start, time.process_time() - cpu
+    cpu, start = time.process_time(), time.perf_counter()
     for at in range(0, len(rows), BATCH):
-        pipe = redis.pipeline(transaction=False)
-        for entity, value in rows[at : at + BATCH]:
-            pipe.set(f"{keys.prefix}:bare:{entity}", value, ex=3600)
+        args = [
+            x
+            for entity, value in rows[at : at + BATCH]
+            for x in (f"{keys.prefix}:bare:{entity}", value)
+        ]
+        pipe = redis.pipeline(transaction=False)  # as the writer sends it
+        pipe.execute_command("MSET", *args)
         await pipe.execute()
-    bare_s = time.perf_counter() - start
-    return len(rows) / writer_s, len(rows) / bare_s
+    bare_s, bare_cpu = time.perf_counter() - start, time.process_time() - cpu
+    n = len(rows)
+    return n / writer_s, n / bare_s, 1e6 * writer_cpu / n, 1e6 * bare_cpu / n
 
 
 async def run(settings: Settings, entities: int = 20_000, reads: int = 5000) -> StoreBenchResult:
@@ -148,7 +181,7 @@ async def run(settings: Settings, entities: int = 20_000, reads: int = 5000) -> 
     redis = connect(settings)
     try:
         rows = [(f"u{n}", encode(*_value(n))) for n in range(entities)]
-        writer_per_s, bare_per_s = await _writes(redis, keys, rows)
+        writer_per_s, bare_per_s, writer_cpu, bare_cpu = await _writes(redis, keys, rows)
         await VersionWriter(redis, keys, "u2i", 2).seal()
         await Lifecycle(redis, keys).promote("u2i", 2, expected=None)
         reader = OnlineReader(redis, keys)
@@ -163,8 +196,8 @@ async def run(settings: Settings, entities: int = 20_000, reads: int = 5000) -> 
 
         await _latencies((store_read, raw_get), entities, 500)  # warm up both paths
         store_lat, raw_lat = await _latencies((store_read, raw_get), entities, reads)
-        store_tput = await _throughput(store_read, entities, reads)
-        raw_tput = await _throughput(raw_get, entities, reads)
+        store_tput, store_cpu = await _throughput(store_read, entities, reads)
+        raw_tput, raw_cpu = await _throughput(raw_get, entities, reads)
         await Lifecycle(redis, keys).drop("u2i", 2)
         async for key in redis.scan_iter(match=f"{keys.prefix}:*", count=1000):
             await redis.unlink(key)
@@ -182,6 +215,10 @@ async def run(settings: Settings, entities: int = 20_000, reads: int = 5000) -> 
         raw_tput,
         writer_per_s,
         bare_per_s,
+        store_cpu,
+        raw_cpu,
+        writer_cpu,
+        bare_cpu,
         packed_us,
         json_us,
         packed_b,

@@ -5,15 +5,16 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from confluent_kafka import KafkaError, KafkaException, Message
 
 HeaderList = list[tuple[str, str | bytes | None]]
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One consumed message."""
+class Record(NamedTuple):
+    """One consumed message (a named tuple: built per message, it costs half a frozen
+    dataclass, whose ``__init__`` sets each field through ``object.__setattr__``)."""
 
     topic: str
     partition: int
@@ -33,10 +34,10 @@ class Polled:
 
 
 def _headers(msg: Message) -> HeaderList:
-    raw = msg.headers()
+    raw = msg.headers()  # a fresh list each call: no copy needed
     if raw is None:
         return []
-    return list(raw.items()) if isinstance(raw, dict) else list(raw)
+    return list(raw.items()) if isinstance(raw, dict) else raw
 
 
 def split(messages: Sequence[Message]) -> Polled:

@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
 
 from tandem.contracts.codec import decode
 from tandem.contracts.domain import I2I, POPULAR, U2I
 from tandem.store.connect import queue_script
 from tandem.store.exceptions import StoreError
 from tandem.store.keys import Keys
-from tandem.store.scripts import USER_READ
+from tandem.store.scripts import POINTERS, USER_READ
 
 TRENDING_TOP = 200
 GLOBAL = "global"
 EMPTY: tuple[list[str], list[float]] = ([], [])
 CACHED = 1
 MAX_ATTEMPTS = 3
+FLUSH_S = 0.005  # how long an answer to cache waits for a read to ride along with
+CACHE_PAUSE_S = 10.0  # no caching for this long after Redis refused a cache write
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +99,10 @@ class OnlineReader:
         self._redis = redis
         self._keys = keys
         self._expected = _Expected()
+        self._pointers = [keys.live(U2I), keys.live(I2I), keys.live(POPULAR), keys.global_epoch()]
+        self._unsent: list[tuple[str, bytes, int]] = []  # answers to cache: (key, value, ttl_s)
+        self._flushing: asyncio.Task[None] | None = None
+        self._paused_until = 0.0  # no caching before (monotonic s): Redis refused a cache write
 
     async def read(self, user: str, k: int, device: str, segment: str) -> RequestData:
         """Versions, epochs and the cached answer, or the inputs of a fresh answer."""
@@ -124,8 +136,7 @@ class OnlineReader:
     ) -> list[Any]:
         keys = self._keys
         pipe = self._redis.pipeline(transaction=False)
-        for key in (keys.live(U2I), keys.live(I2I), keys.live(POPULAR), keys.global_epoch()):
-            pipe.get(key)  # one slot, so one node: no MGET, which cluster pipelines refuse
+        queue_script(pipe, POINTERS, self._pointers)
         # Where a store has no live version there is no entity key to read: the user's epoch
         # stands in (the script reads no candidates then).
         u2i = keys.epoch(user) if expected.u2i is None else keys.entity(U2I, expected.u2i, user)
@@ -142,7 +153,24 @@ class OnlineReader:
             pipe.get(keys.entity(POPULAR, expected.popular, segment))
             pipe.get(keys.entity(POPULAR, expected.popular, GLOBAL))
         pipe.zrevrange(keys.trending(segment), 0, TRENDING_TOP - 1, withscores=True)
-        *meta, mine, popular, fallback, trend = await pipe.execute()
+        writes, self._unsent = self._unsent, []
+        for key, value, ttl_s in writes:  # answers cached since the last round trip ride along
+            pipe.set(key, value, ex=ttl_s)
+        try:
+            replies = await pipe.execute()
+        except ResponseError as e:
+            if not writes:
+                raise
+            # Redis refused a command: maybe a cache write (out of memory, say). Reading must
+            # not depend on caching: read again without, and cache nothing for a while.
+            log.warning(
+                "Redis refused a read carrying cached answers (%s); not caching for %g s",
+                e,
+                CACHE_PAUSE_S,
+            )
+            self._paused_until = time.monotonic() + CACHE_PAUSE_S
+            return await self._read_once(expected, user, k, device, segment)
+        meta, mine, popular, fallback, trend = replies[:5]
         if expected.popular is None:
             popular = fallback = None
         return [meta, mine, popular, fallback if segment != GLOBAL else None, trend]
@@ -166,9 +194,42 @@ class OnlineReader:
         )
         return (model if isinstance(model, bytes) else None), parse_categories(categories)
 
-    async def store_answer(self, data: RequestData, body: bytes, ttl_s: int) -> None:
-        """Cache an answer behind the tag of the epochs and versions it was computed with."""
-        await self._redis.set(data.cache_key, data.cache_tag + body, ex=ttl_s)
+    def store_answer(self, data: RequestData, body: bytes, ttl_s: int) -> None:
+        """Cache an answer behind the tag of the epochs and versions it was computed with.
+
+        The write goes with the next read's round trip, or on its own after ``FLUSH_S``: a
+        command of its own costs several times the CPU of one more in a pipeline. A cached
+        answer is an optimization, so one lost with a failed round trip is only recomputed (and
+        its tag makes one written late unreachable if anything changed meanwhile).
+        """
+        if time.monotonic() < self._paused_until:
+            return
+        self._unsent.append((data.cache_key, data.cache_tag + body, ttl_s))
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.get_running_loop().create_task(self._flush_later())
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(FLUSH_S)
+        await self._send()
+
+    async def flush(self) -> None:
+        """Send the answers waiting to be cached, and wait for any send under way (the API
+        calls it at shutdown)."""
+        await self._send()
+        if self._flushing is not None:
+            await self._flushing
+
+    async def _send(self) -> None:
+        writes, self._unsent = self._unsent, []
+        if not writes:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for key, value, ttl_s in writes:
+            pipe.set(key, value, ex=ttl_s)
+        try:
+            await pipe.execute()
+        except (RedisError, OSError) as e:
+            log.warning("could not cache %d answer(s): %s", len(writes), e)
 
 
 def parse_categories(raw: bytes | str | None) -> dict[str, str]:

@@ -78,6 +78,15 @@ if ARGV[2] == '1' then cands = redis.call('GET', KEYS[4]) end
 return {0, tag, redis.call('GET', KEYS[3]), cands}
 """
 
+# KEYS: the live pointers of u2i, i2i and popular, the global epoch (one slot: the prefix's)
+# The pointers and epoch a read starts from, in one command instead of four GETs (cluster
+# pipelines refuse MGET); a missing key reads as ''.
+POINTERS = """
+local out = {}
+for i = 1, #KEYS do out[i] = redis.call('GET', KEYS[i]) or '' end
+return out
+"""
+
 # KEYS: the user's session, the user's epoch (one slot)   ARGV: session, session ttl_s, epoch ttl_s
 # The session and its epoch bump together: a cached answer becomes unreachable exactly when the
 # new session becomes readable.

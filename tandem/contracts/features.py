@@ -6,7 +6,6 @@ user's session signals, item categories and trending counts.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -64,28 +63,34 @@ def build_features(
     trending: Mapping[str, float],
 ) -> npt.NDArray[np.float32]:
     """A ``len(candidates) × len(FEATURES)`` matrix, in the order of :data:`FEATURES`."""
-    rows = np.zeros((len(candidates), len(FEATURES)), dtype=np.float32)
-    hour = (context.now_ms // 3_600_000) % 24
+    # Column by column: one numpy store per column instead of one per cell (it runs on the API's
+    # hot path, for up to 400 candidates per request).
+    count = len(candidates)
+    rows = np.zeros((count, len(FEATURES)), dtype=np.float32)
+    if not count:
+        return rows
+    rows[:, 0] = [c.batch_score for c in candidates]
+    rows[:, 1] = [c.batch_rank for c in candidates]
+    sources = np.fromiter((c.sources for c in candidates), dtype=np.int64, count=count)
+    for column, bit in ((2, FROM_U2I), (3, FROM_I2I), (4, FROM_POPULAR)):
+        rows[:, column] = (sources & bit) != 0
+    if context.affinity and categories:
+        affinity = context.affinity
+        rows[:, 5] = [
+            0.0 if (category := categories.get(c.item_id)) is None else affinity.get(category, 0.0)
+            for c in candidates
+        ]
+    related_ms = np.fromiter((c.related_ms for c in candidates), dtype=np.int64, count=count)
+    rows[:, 6] = np.where(
+        related_ms != 0, np.maximum(0.0, (context.now_ms - related_ms) / 1000.0), NO_RECENCY_S
+    )
+    rows[:, 7] = context.session_events
     device_col = _DEVICE_COLUMNS.get(context.device or "", -1)
-    for n, cand in enumerate(candidates):
-        row = rows[n]
-        row[0] = cand.batch_score
-        row[1] = cand.batch_rank
-        row[2] = 1.0 if cand.sources & FROM_U2I else 0.0
-        row[3] = 1.0 if cand.sources & FROM_I2I else 0.0
-        row[4] = 1.0 if cand.sources & FROM_POPULAR else 0.0
-        category = categories.get(cand.item_id)
-        row[5] = context.affinity.get(category, 0.0) if category is not None else 0.0
-        row[6] = (
-            max(0.0, (context.now_ms - cand.related_ms) / 1000.0)
-            if cand.related_ms
-            else NO_RECENCY_S
-        )
-        row[7] = context.session_events
-        if device_col >= 0:
-            row[device_col] = 1.0
-        row[12] = hour
-        row[13] = math.log1p(trending.get(cand.item_id, 0.0))
+    if device_col >= 0:
+        rows[:, device_col] = 1.0
+    rows[:, 12] = (context.now_ms // 3_600_000) % 24
+    if trending:
+        rows[:, 13] = np.log1p([trending.get(c.item_id, 0.0) for c in candidates])
     return rows
 
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import cast
+
 import lightgbm as lgb
 import numpy as np
 
 from tandem.api.reranker import HeuristicReranker, LightGBMReranker, load_reranker
+from tandem.api.service import Budget, RecommendationService
 from tandem.contracts.features import (
     FEATURES,
     FROM_I2I,
@@ -16,6 +21,7 @@ from tandem.contracts.features import (
     build_features,
 )
 from tandem.contracts.ranking import SessionView, merge
+from tandem.store.online import OnlineReader
 
 NOW = 1_790_000_000_000
 
@@ -92,3 +98,95 @@ def test_lightgbm_reranker_loads_and_checks_feature_names() -> None:
     wrong = load_reranker(tiny_model([f"f{n}" for n in range(len(FEATURES))]).encode(), 8)
     assert isinstance(wrong, HeuristicReranker)
     assert isinstance(load_reranker(b"not a model", 9), HeuristicReranker)
+
+
+def test_compiled_lightgbm_scores_as_lightgbm_does_and_runs_inline() -> None:
+    reranker = load_reranker(tiny_model(list(FEATURES)).encode(), 3)
+    assert isinstance(reranker, LightGBMReranker)
+    rng = np.random.default_rng(1)
+    rows = rng.random((400, len(FEATURES)), dtype=np.float32)
+    before = reranker.inline  # LightGBM's own predictor, in a thread, until compiled
+    expected = reranker.booster.predict(rows, num_threads=1)
+    reranker.compile()
+    assert (before, reranker.inline) == (False, True)
+    scores = reranker.score(rows)
+    assert scores.dtype == np.float32
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(reranker.score(rows[:1]), expected[:1], rtol=1e-5, atol=1e-6)
+
+
+def _features_cell_by_cell(
+    cands: list[Candidate], context: Context, categories: dict[str, str], trending: dict[str, float]
+) -> np.ndarray:
+    """The definition of each feature, one cell at a time (what build_features vectorizes)."""
+    rows = np.zeros((len(cands), len(FEATURES)), dtype=np.float32)
+    for n, cand in enumerate(cands):
+        named = dict.fromkeys(FEATURES, 0.0)
+        named["batch_score"], named["batch_rank"] = cand.batch_score, cand.batch_rank
+        for name, bit in (("from_u2i", FROM_U2I), ("from_i2i", FROM_I2I), ("from_popular", 4)):
+            named[name] = 1.0 if cand.sources & bit else 0.0
+        category = categories.get(cand.item_id)
+        named["session_affinity"] = 0.0 if category is None else context.affinity.get(category, 0)
+        named["session_recency_s"] = (
+            max(0.0, (context.now_ms - cand.related_ms) / 1000) if cand.related_ms else 86_400.0
+        )
+        named["session_events"] = context.session_events
+        if f"device_{context.device}" in named:
+            named[f"device_{context.device}"] = 1.0
+        named["hour_of_day"] = (context.now_ms // 3_600_000) % 24
+        named["trending"] = float(np.log1p(trending.get(cand.item_id, 0.0)))
+        rows[n] = [named[f] for f in FEATURES]
+    return rows
+
+
+def test_features_match_their_cell_by_cell_definition() -> None:
+    rng = np.random.default_rng(7)
+    for case in range(200):
+        cands = [
+            Candidate(
+                f"i{rng.integers(60)}",
+                float(rng.random()),
+                rank,
+                int(rng.integers(1, 8)),
+                int(rng.choice([0, NOW - int(rng.integers(-5000, 10**7))])),
+            )
+            for rank in range(int(rng.integers(0, 50)))
+        ]
+        categories = {f"i{n}": str(rng.choice(["a", "b", ""])) for n in range(0, 60, 2)}
+        affinity = {} if case % 3 == 0 else {"a": 2.0, "": 0.5}
+        device = [None, "tv", "mobile", "desktop", "fridge"][case % 5]
+        trending = {} if case % 4 == 0 else {f"i{n}": float(rng.random() * 50) for n in range(30)}
+        context = Context(NOW + case * 999_999, device, affinity, case % 7)
+        np.testing.assert_array_equal(
+            build_features(cands, context, categories, trending),
+            _features_cell_by_cell(cands, context, categories, trending),
+        )
+
+
+class _CountingReader:
+    """Answers ``attachments`` slowly, counting the calls (reads are not used here)."""
+
+    def __init__(self, model: bytes) -> None:
+        self.model = model
+        self.calls = 0
+
+    async def attachments(self, version: int) -> tuple[bytes | None, dict[str, str]]:
+        self.calls += 1
+        await asyncio.sleep(0.05)
+        return self.model, {"a": "books"}
+
+    async def flush(self) -> None:
+        """Nothing to cache here."""
+
+
+async def test_requests_arriving_during_a_load_share_it_and_it_gets_compiled() -> None:
+    reader = _CountingReader(tiny_model(list(FEATURES)).encode())
+    with ThreadPoolExecutor(2) as executor:
+        service = RecommendationService(cast(OnlineReader, reader), Budget(500, 100, 60), executor)
+        loaded = await asyncio.gather(*(service._assets(4) for _ in range(20)))
+        assert reader.calls == 1
+        assert len({id(r) for r in loaded}) == 1
+        assert loaded[0].name == "lightgbm:v4"
+        assert service.categories == {"a": "books"}
+        await service.drain()  # the compilation started after the load
+        assert loaded[0].inline

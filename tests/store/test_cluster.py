@@ -117,6 +117,13 @@ async def test_api_rides_out_a_master_failover(
             body: dict[str, Any] = orjson.loads(await response.read())
             return body
 
+        async def connected() -> bool:
+            response = await client.get("/v1/recommendations/u0?k=3")
+            return response.status == 200
+
+        # A cold cluster client connects to every master within its first request's Redis
+        # budget (150 ms), or that request answers 503; this test is about the failover.
+        await wait_for(connected, 10, "a first answer through the cold cluster client")
         answers = [await ask(f"u{n}") for n in range(30)]
         assert not any(a["degraded"] for a in answers)
         victim_user = "u7"

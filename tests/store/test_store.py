@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 
 from tandem.contracts.codec import encode
 from tandem.contracts.versions import State
+from tandem.contracts.waiting import wait_for
 from tandem.store.exceptions import PromoteConflict, RollbackRefused, StoreError
 from tandem.store.keys import Keys
 from tandem.store.lifecycle import Lifecycle
@@ -216,3 +217,42 @@ async def test_retire_claims_a_version_only_as_it_was_chosen(redis: Redis, keys:
     assert await lifecycle.retire("u2i", keep=0) == [2, 1]
     with pytest.raises(StoreError, match="not materialized"):
         await lifecycle.promote("u2i", 1, expected=3)  # a retired version cannot go live
+
+
+async def test_cached_answers_ride_with_the_next_read_or_go_on_their_own(
+    redis: Redis, keys: Keys
+) -> None:
+    await write_version(redis, keys, 1)
+    await Lifecycle(redis, keys).promote("u2i", 1, expected=None)
+    reader = OnlineReader(redis, keys)
+    first = await reader.read("u1", 10, "any", "global")
+    reader.store_answer(first, b'{"answer":1}', 60)
+    assert len(reader._unsent) == 1  # not sent yet: it waits for a read
+    await reader.read("u2", 10, "any", "global")  # a read of someone else carries it
+    assert reader._unsent == []
+    assert (await reader.read("u1", 10, "any", "global")).cached == b'{"answer":1}'
+
+    other = await reader.read("u3", 10, "any", "global")
+    reader.store_answer(other, b'{"answer":3}', 60)  # no read follows: the timer sends it
+
+    async def stored() -> bool:
+        return bool(await redis.exists(other.cache_key))
+
+    await wait_for(stored, 5, "the cached answer to be sent on its own")
+    assert await redis.ttl(other.cache_key) > 50
+    reader.store_answer(first, b'{"answer":1}', 60)
+    await reader.flush()  # at shutdown: nothing waits
+    assert reader._unsent == []
+
+
+async def test_a_cache_write_redis_refuses_costs_the_read_nothing(redis: Redis, keys: Keys) -> None:
+    await write_version(redis, keys, 1)
+    await Lifecycle(redis, keys).promote("u2i", 1, expected=None)
+    reader = OnlineReader(redis, keys)
+    data = await reader.read("u1", 10, "any", "global")
+    reader.store_answer(data, b"{}", -5)  # Redis refuses a negative expiry
+    got = await reader.read("u2", 10, "any", "global")
+    assert (got.versions.u2i, got.u2i[0][0]) == (1, "v1-i0")
+    assert await redis.exists(data.cache_key) == 0
+    reader.store_answer(data, b"{}", 60)  # caching pauses after a refusal
+    assert reader._unsent == []
