@@ -161,10 +161,11 @@ def _svd_candidates(ui: sp.csr_matrix, k: int, factors: int, chunk: int = 2000) 
     u, s, vt = svds(norm.astype(np.float64), k=min(factors, min(ui.shape) - 1), random_state=0)
     users_f = (u * s).astype(np.float32)
     items_f = vt.astype(np.float32)
+    k = min(k, ui.shape[1])  # a catalog smaller than k: every item, not an IndexError
     parts = []
     for start in range(0, ui.shape[0], chunk):
         scores = users_f[start : start + chunk] @ items_f
-        top = np.argpartition(-scores, k, axis=1)[:, :k]
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         rows = np.repeat(np.arange(start, start + scores.shape[0]), k)
         parts.append(
             pd.DataFrame(
