@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 async def test_published_versions_serve_with_their_reranker(
     settings: Settings, redis: Redis, keys: Keys, tmp_path: Path
 ) -> None:
-    write(SynthSpec(users=300, items=200, days=10, events_per_user=30, seed=5), tmp_path)
+    write(SynthSpec(users=120, items=80, days=10, events_per_user=20, seed=5), tmp_path)
     output = run(tmp_path, quiet=True)
     lines = publish_output(settings, output, ["u2i", "i2i", "popular"])
     versions = {line.split()[1]: int(line.split()[2][1:].rstrip(":")) for line in lines}
