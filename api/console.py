@@ -28,7 +28,7 @@ from tandem.api.handlers import _device, _k, _require_admin, _store
 from tandem.api.keys import ADMIN, PRODUCER, REDIS, SETTINGS
 from tandem.api.lag import DEFAULT_GROUPS, GroupLag, LagReader
 from tandem.api.latency import Latency, LiveWindow
-from tandem.api.models import VersionId
+from tandem.api.models import VersionId, version_id
 from tandem.contracts.domain import Device
 from tandem.contracts.exceptions import ValidationError
 from tandem.contracts.ids import check_id, check_version
@@ -250,8 +250,8 @@ async def _stores(request: web.Request, at_ms: int) -> list[StoreView]:
         views.append(
             StoreView(
                 store=store,
-                live=None if found.live is None else str(found.live),
-                backup=None if found.backup is None else str(found.backup),
+                live=version_id(found.live),
+                backup=version_id(found.backup),
                 versions=[version_row(i, found.live, at_ms) for i in reversed(found.versions)],
             )
         )
@@ -318,8 +318,7 @@ async def cutover(request: web.Request) -> web.Response:
     announcer = cast(Producer, request.app[PRODUCER].announcer)
     announce(announcer, store, version, State.LIVE, cutover_from=previous, by="console")
     announcer.poll(0)
-    before = None if previous is None else str(previous)
-    return _json(CutoverOut(store=store, live=str(version), previous=before))
+    return _json(CutoverOut(store=store, live=str(version), previous=version_id(previous)))
 
 
 # -- why these items? -------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel
 
+from tandem.api.models import version_id
 from tandem.api.reranker import LightGBMReranker, Reranker, load_reranker
 from tandem.api.service import MIN_CANDIDATES, SOURCE_NAMES
 from tandem.contracts.domain import I2I, POPULAR, U2I
@@ -185,7 +186,7 @@ async def explain(
         k=k,
         device=device,
         versions={
-            name: None if v is None else str(v)
+            name: version_id(v)
             for name, v in ((U2I, versions.u2i), (I2I, versions.i2i), (POPULAR, versions.popular))
         },
         reranker=reranker.name,

@@ -44,11 +44,6 @@ def _json(body: object, status: int = 200, headers: dict[str, str] | None = None
     )
 
 
-def _vid(version: int | None) -> str | None:
-    """A version id as JSON carries it: a string (ids exceed 2**53), or null."""
-    return None if version is None else str(version)
-
-
 def _k(request: web.Request) -> int:
     """``k`` of :class:`models.RecommendationsQuery`, checked by hand: this is the hot path."""
     raw = request.query.get("k", _DEFAULT_K)
@@ -177,7 +172,11 @@ async def stores(request: web.Request) -> web.Response:
 
 
 def _pointers(found: StoreVersions) -> dict[str, object]:
-    return {"store": found.store, "live": _vid(found.live), "backup": _vid(found.backup)}
+    return {
+        "store": found.store,
+        "live": models.version_id(found.live),
+        "backup": models.version_id(found.backup),
+    }
 
 
 async def store_versions(request: web.Request) -> web.Response:
@@ -196,7 +195,13 @@ async def rollback(request: web.Request) -> web.Response:
         rolled_back, live = await request.app[ADMIN].rollback(store)
     except RollbackRefused as e:
         raise Conflict(str(e)) from e
-    return _json({"store": store, "rolled_back": _vid(rolled_back), "live": _vid(live)})
+    return _json(
+        {
+            "store": store,
+            "rolled_back": models.version_id(rolled_back),
+            "live": models.version_id(live),
+        }
+    )
 
 
 async def healthz(_request: web.Request) -> web.Response:

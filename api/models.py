@@ -22,6 +22,12 @@ STORE_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
 # Version ids exceed 2**53: JSON carries them as strings of digits.
 VERSION_PATTERN = r"^[1-9][0-9]{0,19}$"
 
+
+def version_id(version: int | None) -> str | None:
+    """A version id as JSON carries it: a string (ids exceed 2**53), or null."""
+    return None if version is None else str(version)
+
+
 VersionId = Annotated[str, Field(pattern=VERSION_PATTERN, examples=["20261130120000123"])]
 Source = Literal["u2i", "i2i", "popular"]
 

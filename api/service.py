@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from tandem.api import metrics
 from tandem.api.exceptions import Unavailable
+from tandem.api.models import version_id
 from tandem.api.reranker import LightGBMReranker, Reranker, load_reranker
 from tandem.contracts.domain import I2I, POPULAR, U2I
 from tandem.contracts.exceptions import ValidationError
@@ -285,19 +286,15 @@ def _core(
             "items": items,
             # Version ids exceed 2**53: JSON carries them as strings.
             "versions": {
-                U2I: _vid(versions.u2i),
-                I2I: _vid(versions.i2i),
-                POPULAR: _vid(versions.popular),
+                U2I: version_id(versions.u2i),
+                I2I: version_id(versions.i2i),
+                POPULAR: version_id(versions.popular),
             },
             "reranker": reranker,
             "degraded": degraded,
             "degraded_reason": reason,
         }
     )
-
-
-def _vid(version: int | None) -> str | None:
-    return None if version is None else str(version)
 
 
 def _envelope(core: bytes, *, cached: bool, started: float) -> bytes:
