@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 
 from tandem.api import console, handlers, metrics, models
 from tandem.api.exceptions import ApiError, BadRequest, Unavailable
+from tandem.api.impressions import ImpressionLog
 from tandem.api.keys import ADMIN, OUTCOME, PRODUCER, REDIS, SERVICE, SETTINGS
 from tandem.api.producer import AsyncProducer
 from tandem.api.service import Budget, RecommendationService
@@ -240,10 +241,17 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
     app[REDIS] = redis
     app[SERVICE] = RecommendationService(OnlineReader(redis, keys), budget, executor)
     app[PRODUCER] = AsyncProducer(settings, asyncio.get_running_loop())
+    impressions = ImpressionLog(
+        app[PRODUCER], settings.impressions_sample, settings.impressions_buffer
+    )
+    if settings.impressions_sample > 0:
+        impressions.start()
+        app[SERVICE].impressions = impressions
     # Lifecycle records go through the current producer, whichever that is after a recreation.
     app[ADMIN] = VersionAdmin(settings, redis, cast(Producer, app[PRODUCER].announcer))
     yield
     await app[SERVICE].drain()
+    await impressions.close()
     await asyncio.to_thread(app[PRODUCER].close)
     executor.shutdown(wait=False, cancel_futures=True)
     await redis.aclose()
@@ -259,6 +267,9 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/stores", handlers.stores)
     app.router.add_get("/v1/stores/{store}/versions", handlers.store_versions)
     app.router.add_post("/v1/stores/{store}/rollback", handlers.rollback)
+    app.router.add_post("/v1/stores/{store}/canary", handlers.start_canary)
+    app.router.add_post("/v1/stores/{store}/canary/promote", handlers.promote_canary)
+    app.router.add_post("/v1/stores/{store}/canary/abort", handlers.abort_canary)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", prometheus)

@@ -25,10 +25,10 @@ from tandem.api.openapi import document_bytes
 from tandem.api.producer import AsyncProducer
 from tandem.contracts.domain import DEVICES
 from tandem.contracts.exceptions import ValidationError
-from tandem.contracts.ids import check_id, check_store
+from tandem.contracts.ids import check_id, check_store, check_version
 from tandem.contracts.schemas import Event, parse_event
 from tandem.store.admin import StoreVersions
-from tandem.store.exceptions import RollbackRefused
+from tandem.store.exceptions import RollbackRefused, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +202,63 @@ async def rollback(request: web.Request) -> web.Response:
             "live": models.version_id(live),
         }
     )
+
+
+def _canary_body(body: object) -> tuple[int, float, bool]:
+    """The version, share (0-1, or a percentage) and shadow flag of a canary request."""
+    if not isinstance(body, dict):
+        raise BadRequest('send {"version": "…", "share": 0.1}', field="body")
+    try:
+        version = check_version(int(str(body.get("version"))))
+    except (ValueError, ValidationError) as e:
+        raise BadRequest("version must be a version id (digits)", field="version") from e
+    share = body.get("share", 0.1)
+    if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 100:
+        raise BadRequest("share must be above 0 and at most 1 (or a percentage)", field="share")
+    shadow = body.get("shadow", False)
+    if not isinstance(shadow, bool):
+        raise BadRequest("shadow must be true or false", field="shadow")
+    return version, float(share), shadow
+
+
+async def start_canary(request: web.Request) -> web.Response:
+    """POST /v1/stores/{store}/canary {"version", "share", "shadow"} (admin)"""
+    _require_admin(request)
+    store = _store(request)
+    try:
+        payload = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as e:
+        raise BadRequest(f"body is not valid JSON: {e}", field="body") from e
+    version, share, shadow = _canary_body(payload)
+    try:
+        canary = await request.app[ADMIN].start_canary(store, version, share, shadow=shadow)
+    except StoreError as e:
+        raise Conflict(str(e)) from e
+    return _json(
+        {"store": store, "canary": str(canary.version), "share": canary.share, "shadow": shadow}
+    )
+
+
+async def promote_canary(request: web.Request) -> web.Response:
+    """POST /v1/stores/{store}/canary/promote (admin)"""
+    _require_admin(request)
+    store = _store(request)
+    try:
+        live = await request.app[ADMIN].promote_canary(store, "promoted through the API")
+    except StoreError as e:
+        raise Conflict(str(e)) from e
+    return _json({"store": store, "live": str(live)})
+
+
+async def abort_canary(request: web.Request) -> web.Response:
+    """POST /v1/stores/{store}/canary/abort (admin)"""
+    _require_admin(request)
+    store = _store(request)
+    try:
+        info = await request.app[ADMIN].abort_canary(store, ["aborted through the API"])
+    except StoreError as e:
+        raise Conflict(str(e)) from e
+    return _json({"store": store, "aborted": str(info.version), "reasons": list(info.reasons)})
 
 
 async def healthz(_request: web.Request) -> web.Response:

@@ -48,3 +48,15 @@ PRODUCER_POLL_ERRORS = Counter(
     "Errors caught around the events producer's poll (its ack thread logs them and goes on)",
     registry=REGISTRY,
 )
+IMPRESSIONS = Counter(
+    "tandem_api_impressions_total",
+    "Answers logged to tandem.impressions (sent) or not, the buffer being full (dropped)",
+    ["outcome"],
+    registry=REGISTRY,
+)
+VARIANTS = Counter(
+    "tandem_api_variant_answers_total",
+    "Answers per experiment variant (control or canary)",
+    ["variant"],
+    registry=REGISTRY,
+)

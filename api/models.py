@@ -73,6 +73,12 @@ class Recommendations(Model):
     reranker: str = Field(description="the model that ordered the items (or `none`)")
     degraded: bool
     degraded_reason: str | None
+    variant: Literal["control", "canary"] = Field(
+        "control", description="the experiment variant of this user (canary: a canary served)"
+    )
+    canaries: list[Source] = Field(
+        default_factory=list, description="the stores whose canary version made this answer"
+    )
 
 
 class EventsAccepted(Model):
@@ -123,6 +129,40 @@ class RolledBack(Model):
     store: str
     rolled_back: VersionId | None
     live: VersionId
+
+
+class CanaryRequest(BaseModel):
+    """Start (or re-share) a canary: a validated version served to a share of users."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: VersionId
+    share: float = Field(0.1, gt=0, le=100, description="a fraction (0-1] or a percentage")
+    shadow: bool = Field(False, description="compute for comparison only, never serve")
+
+
+class CanaryStarted(Model):
+    """The store's canary now."""
+
+    store: str
+    canary: VersionId
+    share: float
+    shadow: bool
+
+
+class CanaryPromoted(Model):
+    """The canary is live."""
+
+    store: str
+    live: VersionId
+
+
+class CanaryAborted(Model):
+    """The canary ended without going live (rejected, with why)."""
+
+    store: str
+    aborted: VersionId
+    reasons: list[str]
 
 
 class Health(Model):

@@ -49,6 +49,9 @@ RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     models.Stores,
     models.StoreVersions,
     models.RolledBack,
+    models.CanaryStarted,
+    models.CanaryPromoted,
+    models.CanaryAborted,
     models.Health,
     models.Ready,
     models.Problem,
@@ -95,6 +98,10 @@ def _operations() -> list[Operation]:
         "content": {JSON: {"schema": {"$ref": REF.format(model="EventsRequest")}}},
     }
     admin_errors = (401, 403, 404)
+    canary_body: dict[str, Any] = {
+        "required": True,
+        "content": {JSON: {"schema": {"$ref": REF.format(model="CanaryRequest")}}},
+    }
     return [
         Operation(
             "get", "/v1/recommendations/{user_id}", "getRecommendations",
@@ -120,6 +127,22 @@ def _operations() -> list[Operation]:
             "post", "/v1/stores/{store}/rollback", "rollbackStore",
             "Flip a store back to its backup version",
             (200, "RolledBack"), (400, *admin_errors, 409, 503), (STORE_PARAM,), admin=True,
+        ),
+        Operation(
+            "post", "/v1/stores/{store}/canary", "startCanary",
+            "Serve a validated version to a share of users beside the live one",
+            (200, "CanaryStarted"), (400, *admin_errors, 409, 503), (STORE_PARAM,), admin=True,
+            body=canary_body,
+        ),
+        Operation(
+            "post", "/v1/stores/{store}/canary/promote", "promoteCanary",
+            "Make the store's canary live",
+            (200, "CanaryPromoted"), (400, *admin_errors, 409, 503), (STORE_PARAM,), admin=True,
+        ),
+        Operation(
+            "post", "/v1/stores/{store}/canary/abort", "abortCanary",
+            "End the store's canary without making it live",
+            (200, "CanaryAborted"), (400, *admin_errors, 409, 503), (STORE_PARAM,), admin=True,
         ),
         Operation("get", "/healthz", "getHealth", "Process alive", (200, "Health")),
         Operation(
@@ -187,7 +210,8 @@ def _path_item(op: Operation) -> dict[str, Any]:
 
 def _schemas(extra: Sequence[tuple[type[BaseModel], JsonSchemaMode]]) -> dict[str, Any]:
     _, top = models_json_schema(
-        [(m, "serialization") for m in RESPONSE_MODELS] + [(EventBody, "validation"), *extra],
+        [(m, "serialization") for m in RESPONSE_MODELS]
+        + [(EventBody, "validation"), (models.CanaryRequest, "validation"), *extra],
         ref_template=REF,
     )
     schemas: dict[str, Any] = top["$defs"]

@@ -6,9 +6,10 @@ import asyncio
 import contextvars
 import logging
 import time
+import uuid
 from concurrent.futures import Executor
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -28,10 +29,14 @@ from tandem.contracts.features import (
     Context,
     build_features,
 )
+from tandem.contracts.logctx import REQUEST_ID
 from tandem.contracts.ranking import NO_SESSION, SessionView, merge
 from tandem.contracts.session import SessionState
 from tandem.store.exceptions import StoreError
-from tandem.store.online import OnlineReader, RequestData, Versions
+from tandem.store.online import Assignment, OnlineReader, RequestData, Versions
+
+if TYPE_CHECKING:
+    from tandem.api.impressions import Impression, ImpressionLog
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +89,8 @@ class RecommendationService:
         self._pending: set[asyncio.Future[None]] = set()
         self._observed: Versions | None = None
         self._loading: dict[int, asyncio.Future[Reranker | None]] = {}
+        self._categories: dict[int, dict[str, str]] = {}  # per u2i version (live and canary)
+        self.impressions: ImpressionLog | None = None
 
     async def recommend(self, user: str, k: int, device: str | None) -> Answer:
         """The JSON answer for ``user``; degraded (never late) when the budget runs out."""
@@ -95,12 +102,14 @@ class RecommendationService:
                 data = await self._reader.read(user, k, device or "any", segment)
         except (RedisError, OSError, TimeoutError, StoreError) as e:
             return self._from_snapshot(user, k, segment, started, e)
+        metrics.VARIANTS.labels(data.assignment.variant).inc()
         if data.cached is not None:
             metrics.CACHE_HITS.inc()
+            self._impression(data.cached, data.assignment, started, cached=True)
             return Answer(_envelope(data.cached, cached=True, started=started), "cached")
         if data.popular[0]:
             self.snapshot[segment] = data.popular
-        if data.versions != self._observed:  # the gauges move only at a cutover
+        if data.versions != self._observed and not data.assignment.canaries:  # at a cutover
             _observe(data.versions)
             self._observed = data.versions
         session, session_device = _session(data.session)
@@ -112,8 +121,9 @@ class RecommendationService:
             int(time.time() * 1000), device or session_device, session.affinity, session.events
         )
         reranker = await self._assets(data.versions.u2i)
+        categories = self._categories.get(data.versions.u2i or 0, self.categories)
         order, scores, degraded = await self._rank(
-            candidates, context, data.trending, reranker, deadline
+            candidates, context, (categories, data.trending), reranker, deadline
         )
         items = [
             {
@@ -126,10 +136,43 @@ class RecommendationService:
         core = _core(
             user, items, data.versions, reranker.name, degraded, "deadline" if degraded else None
         )
+        core = _with_variant(core, data.assignment)
         if not degraded:
             self._cache(data, core)
         body = _envelope(core, cached=False, started=started)
+        shown = [candidates[i] for i in order[:k]]
+        shown_from = (context, categories, data.trending)
+        self._impression(core, data.assignment, started, cached=False, shown=(shown, *shown_from))
         return Answer(body, "degraded" if degraded else "ok")
+
+    def _impression(
+        self,
+        core: bytes,
+        assignment: Assignment,
+        started: float,
+        *,
+        cached: bool,
+        shown: tuple[list[Candidate], Context, dict[str, str], dict[str, float]] | None = None,
+    ) -> None:
+        """Offer the answer to the impression log (when there is one and it samples it)."""
+        if self.impressions is None or not self.impressions.wants():
+            return
+        from tandem.api.impressions import Impression
+
+        took_ms = (time.perf_counter() - started) * 1000
+        found: Impression = Impression(
+            REQUEST_ID.get() or uuid.uuid4().hex,
+            int(time.time() * 1000),
+            took_ms,
+            cached,
+            core,
+            assignment,
+        )
+        if shown is not None:
+            found = replace(
+                found, shown=shown[0], context=shown[1], categories=shown[2], trending=shown[3]
+            )
+        self.impressions.offer(found)
 
     def _redis_timeout(self, deadline: float) -> float:
         left = max(0.0, deadline - time.perf_counter())
@@ -160,7 +203,10 @@ class RecommendationService:
         loading = self._loading.get(version)
         if loading is None or (loading.done() and loading.result() is None):  # none, or failed
             loading = asyncio.ensure_future(self._load(version))
-            self._loading = {version: loading}
+            self._loading = {
+                **{v: f for v, f in self._loading.items() if not f.done()},
+                version: loading,
+            }
         # Shielded: a request that gives up (its client went away) leaves the load to the others.
         return await asyncio.shield(loading) or self._rerankers[None]
 
@@ -177,7 +223,14 @@ class RecommendationService:
         reranker = await loop.run_in_executor(
             self._executor, contextvars.copy_context().run, load_reranker, text, version
         )
-        self._rerankers = {None: self._rerankers[None], version: reranker}  # keep one version
+        # Keep two versions besides the default: the live one and a canary's.
+        kept = [v for v in self._rerankers if v is not None and v != version][-1:]
+        self._rerankers = {
+            None: self._rerankers[None],
+            **{v: self._rerankers[v] for v in kept},
+            version: reranker,
+        }
+        self._categories = {**{v: self._categories.get(v, {}) for v in kept}, version: categories}
         if isinstance(reranker, LightGBMReranker):  # faster once compiled; scores meanwhile
             self._background(loop.run_in_executor(self._executor, reranker.compile))
         self.categories = categories
@@ -193,10 +246,12 @@ class RecommendationService:
         self,
         candidates: list[Candidate],
         context: Context,
-        trending: dict[str, float],
+        trending: tuple[dict[str, str], dict[str, float]],
         reranker: Reranker,
         deadline: float,
     ) -> tuple[list[int], list[float], bool]:
+        """The order and scores of ``candidates`` (``trending``: item categories and trending
+        counts), or batch order when the deadline does not allow re-ranking."""
         batch_order = list(range(len(candidates)))
         batch_scores = [c.batch_score for c in candidates]
         if not candidates:
@@ -226,10 +281,10 @@ class RecommendationService:
         reranker: Reranker,
         candidates: list[Candidate],
         context: Context,
-        trending: dict[str, float],
+        trending: tuple[dict[str, str], dict[str, float]],
     ) -> Any:
         with metrics.RERANK.time():
-            return reranker.score(build_features(candidates, context, self.categories, trending))
+            return reranker.score(build_features(candidates, context, *trending))
 
     def _from_snapshot(
         self, user: str, k: int, segment: str, started: float, error: BaseException
@@ -245,6 +300,7 @@ class RecommendationService:
             for i, s in zip(*popular, strict=True)
         ][:k]
         core = _core(user, items, Versions(None, None, None), "none", True, "redis unavailable")
+        core = _with_variant(core, Assignment())
         return Answer(_envelope(core, cached=False, started=started), "degraded")
 
     def _cache(self, data: RequestData, core: bytes) -> None:
@@ -295,6 +351,15 @@ def _core(
             "degraded_reason": reason,
         }
     )
+
+
+def _with_variant(core: bytes, assignment: Assignment) -> bytes:
+    """The answer with the experiment variant it belongs to (and the canary stores, if any)."""
+    extra = b',"variant":"%s","canaries":%s}' % (
+        assignment.variant.encode(),
+        orjson.dumps(list(assignment.canaries)),
+    )
+    return core[:-1] + extra
 
 
 def _envelope(core: bytes, *, cached: bool, started: float) -> bytes:

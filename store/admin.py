@@ -15,9 +15,10 @@ from tandem.contracts.kafka import admin
 from tandem.contracts.settings import Settings
 from tandem.contracts.versions import IN_SERVICE, State, announce
 from tandem.store.exceptions import StoreError
+from tandem.store.experiments import Canary, Experiments
 from tandem.store.keys import Keys
 from tandem.store.lifecycle import Lifecycle
-from tandem.store.registry import VersionInfo
+from tandem.store.registry import VersionInfo, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class VersionAdmin:
         self._keys = Keys(settings.key_prefix)
         ttls = {store: policy.ttl_s for store, policy in settings.stores.items()}
         self.lifecycle = Lifecycle(redis, self._keys, ttls)
+        self.experiments = Experiments(redis, self._keys)
 
     async def pointers(self, store: str) -> StoreVersions:
         """The live and backup versions of a configured store."""
@@ -115,10 +117,60 @@ class VersionAdmin:
         self._announcer.poll(0)
         return rolled_back, live
 
+    async def start_canary(
+        self, store: str, version: int, share: float, *, shadow: bool = False
+    ) -> Canary:
+        """Serve a validated version to a share of users beside the live one; announce it."""
+        self._settings.policy(store)
+        canary = await self.experiments.start(store, version, share, shadow)
+        announce(self._announcer, store, version, State.CANARY, share=canary.share, shadow=shadow)
+        self._announcer.poll(0)
+        return canary
+
+    async def promote_canary(self, store: str, reason: str = "promoted by hand") -> int:
+        """Make the store's canary live (the live version becomes the backup); announce it."""
+        canary = await self._canary(store)
+        await self.lifecycle.promote(store, canary.version, await self.lifecycle.live(store))
+        info = await self.show(store, canary.version)
+        ended = {**info.metadata.get("canary", {}), "ended_ms": now_ms(), "outcome": "promoted"}
+        await self.lifecycle.registry.update(
+            store, canary.version, State.LIVE, metadata={**info.metadata, "canary": ended}
+        )
+        announce(self._announcer, store, canary.version, State.LIVE, canary="promoted", why=reason)
+        self._announcer.poll(0)
+        return canary.version
+
+    async def abort_canary(self, store: str, reasons: list[str]) -> VersionInfo:
+        """End the store's canary without promoting it, recording why; announce it."""
+        canary = await self._canary(store)
+        info = await self.experiments.abort(store, canary.version, reasons)
+        await self.lifecycle.leave_service(store, canary.version)
+        announce(
+            self._announcer,
+            store,
+            canary.version,
+            State.REJECTED,
+            canary="aborted",
+            reasons=reasons,
+        )
+        self._announcer.poll(0)
+        return info
+
+    async def _canary(self, store: str) -> Canary:
+        self._settings.policy(store)
+        canary = await self.experiments.canary(store)
+        if canary is None:
+            raise StoreError(
+                f"store {store} has no canary; start one with `tandem versions canary`"
+            )
+        return canary
+
     async def abort(self, store: str, version: int, reasons: list[str]) -> VersionInfo:
         """Mark a version whose push failed aborted, delete what Redis holds of it and announce
         it. A version in service is refused."""
         info = await self.show(store, version)
+        if info.state is State.CANARY:  # aborting a canary ends the experiment
+            return await self.abort_canary(store, reasons)
         if info.state in IN_SERVICE:
             raise StoreError(f"{store} v{version} is {info.state.value}: roll back first")
         dropped = await self.lifecycle.drop(store, version)

@@ -77,6 +77,18 @@ class Keys:
         """The version that was live before the current one (the rollback target)."""
         return f"{self.meta}:{check_store(store)}:backup"
 
+    def canary(self, store: str) -> str:
+        """The canary pointer: ``version|share_bp|shadow`` (see store/experiments.py)."""
+        return f"{self.meta}:{check_store(store)}:canary"
+
+    def experiment(self, store: str, version: int) -> str:
+        """Hash of online counters of the experiment of a canary version against control."""
+        return f"{self.meta}:{check_store(store)}:v{check_version(version)}:experiment"
+
+    def online(self, store: str) -> str:
+        """Hash of online counters per version and variant of a store (``version:variant:m``)."""
+        return f"{self.meta}:{check_store(store)}:online"
+
     def registry(self, store: str) -> str:
         """Hash of version metadata, one field per version."""
         return f"{self.meta}:{check_store(store)}:versions"
@@ -98,6 +110,14 @@ class Keys:
     def cache(self, user_id: str, k: int, device: str) -> str:
         """A cached answer, stored behind the tag of the epochs and versions it was made with."""
         return f"{self.prefix}:cache:{{{user_id}}}:{k}:{device}"
+
+    def impression(self, user_id: str, request_id: str) -> str:
+        """One answer as shown to the user (for attribution), kept the attribution window."""
+        return f"{self.prefix}:imp:{{{user_id}}}:{check_id(request_id, 'request_id')}"
+
+    def last_impression(self, user_id: str) -> str:
+        """The request id of the user's last impression."""
+        return f"{self.prefix}:imp:{{{user_id}}}:last"
 
     # -- trending: the segment's slot ----------------------------------------------------------
 

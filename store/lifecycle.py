@@ -66,6 +66,7 @@ class Lifecycle:
             self._keys.backup(store),
             self._keys.progress(store, version),
             self._keys.registry(store),
+            self._keys.canary(store),
         ]
         states = {
             info.version: State.SUPERSEDED
@@ -133,7 +134,7 @@ class Lifecycle:
         it was chosen, in one step, before anything of it is deleted.
         """
         live = await self.live(store)
-        busy = {*IN_FLIGHT, State.RETIRED, State.ABORTED}
+        busy = {*IN_FLIGHT, State.RETIRED, State.ABORTED, State.CANARY}
         others = [
             info
             for info in reversed(await self.registry.list(store))

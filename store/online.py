@@ -15,9 +15,11 @@ from redis.exceptions import RedisError, ResponseError
 from tandem.contracts.codec import decode
 from tandem.contracts.domain import I2I, POPULAR, U2I
 from tandem.store.connect import queue_script
+from tandem.store.experiments import CANARY, CONTROL, Canary
 from tandem.store.keys import Keys
 from tandem.store.scripts import POINTERS, USER_READ
 
+STORES = (U2I, I2I, POPULAR)
 TRENDING_TOP = 200
 GLOBAL = "global"
 EMPTY: tuple[list[str], list[float]] = ([], [])
@@ -38,6 +40,29 @@ class Versions:
     popular: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """Which variant of the running experiments one answer is: the stores whose canary it
+    uses, each store's canary (version, share; None: no canary), and the probability that a
+    user lands in this variant."""
+
+    canaries: tuple[str, ...] = ()
+    experiments: tuple[tuple[str, int, float], ...] = ()
+
+    @property
+    def variant(self) -> str:
+        """``canary`` when any store answered with its canary, else ``control``."""
+        return CANARY if self.canaries else CONTROL
+
+    @property
+    def probability(self) -> float:
+        """The chance of this variant under the running experiments' shares."""
+        p = 1.0
+        for store, _, share in self.experiments:
+            p *= share if store in self.canaries else 1.0 - share
+        return round(p, 6)
+
+
 @dataclass(slots=True)
 class RequestData:
     """Everything the first round trip returns."""
@@ -45,6 +70,7 @@ class RequestData:
     cache_key: str
     cache_tag: bytes
     versions: Versions
+    assignment: Assignment = field(default_factory=Assignment)
     cached: bytes | None = None
     u2i: tuple[list[str], list[float]] = EMPTY
     session: bytes | None = None
@@ -72,16 +98,35 @@ class _Expected:
     i2i: int | None = None
     popular: int | None = None
     global_epoch: str = "0"
+    canaries: tuple[Canary | None, Canary | None, Canary | None] = (None, None, None)
 
     @property
     def versions(self) -> tuple[int | None, int | None, int | None]:
         """The live versions of u2i, i2i and popular."""
         return self.u2i, self.i2i, self.popular
 
-    def tag(self) -> str:
-        """The part of a cached answer's tag these make (the user's epoch goes in front)."""
+    def for_user(self, user: str) -> tuple[_Expected, Assignment]:
+        """The versions ``user`` reads (a store's canary where the user is in its bucket)."""
+        if self.canaries == (None, None, None):
+            return self, Assignment()
+        versions = list(self.versions)
+        served: list[str] = []
+        running: list[tuple[str, int, float]] = []
+        for i, (store, canary) in enumerate(zip(STORES, self.canaries, strict=True)):
+            if canary is None or canary.shadow or versions[i] is None:
+                continue  # no experiment without a live version to compare with
+            running.append((store, canary.version, canary.share))
+            if canary.serves(store, user):
+                versions[i] = canary.version
+                served.append(store)
+        mine = _Expected(versions[0], versions[1], versions[2], self.global_epoch)
+        return mine, Assignment(tuple(served), tuple(running))
+
+    def tag(self, variant: str = CONTROL) -> str:
+        """The part of a cached answer's tag these make (the user's epoch goes in front): a
+        canary answer is never served from cache to a control user, nor the reverse."""
         versions = ("" if v is None else str(v) for v in (self.u2i, self.i2i, self.popular))
-        return ":".join((self.global_epoch, *versions))
+        return ":".join((self.global_epoch, *versions, variant[:2]))
 
 
 class OnlineReader:
@@ -98,7 +143,11 @@ class OnlineReader:
         self._redis = redis
         self._keys = keys
         self._expected = _Expected()
-        self._pointers = [keys.live(U2I), keys.live(I2I), keys.live(POPULAR), keys.global_epoch()]
+        self._pointers = [
+            *(keys.live(store) for store in STORES),
+            *(keys.canary(store) for store in STORES),
+            keys.global_epoch(),
+        ]
         self._unsent: list[tuple[str, bytes, int]] = []  # answers to cache: (key, value, ttl_s)
         self._flushing: asyncio.Task[None] | None = None
         self._paused_until = 0.0  # no caching before (monotonic s): Redis refused a cache write
@@ -106,16 +155,17 @@ class OnlineReader:
     async def read(self, user: str, k: int, device: str, segment: str) -> RequestData:
         """Versions, epochs and the cached answer, or the inputs of a fresh answer."""
         for attempt in range(MAX_ATTEMPTS):
-            expected = self._expected
+            pointers = self._expected
+            expected, assignment = pointers.for_user(user)
             meta, mine, popular, fallback, trend = await self._read_once(
-                expected, user, k, device, segment
+                expected, assignment.variant, user, k, device, segment
             )
-            seen = _Expected(_int(meta[0]), _int(meta[1]), _int(meta[2]), _text(meta[3] or b"0"))
+            seen = _seen(meta)
             self._expected = seen
-            if seen == expected:
+            if seen == pointers:
                 break
-            if seen.versions == expected.versions and mine[0] != CACHED:
-                break  # the data read is of the live versions; only the cache tag moved on
+            if seen.for_user(user) == (expected, assignment) and mine[0] != CACHED:
+                break  # the data read is of the versions to serve; only the cache tag moved on
             if attempt == MAX_ATTEMPTS - 1:
                 # The pointers moved again during this round trip (versions flipping back and
                 # forth). What was read is of the versions the previous round trip saw live
@@ -126,7 +176,7 @@ class OnlineReader:
                 )
                 break
         versions = Versions(expected.u2i, expected.i2i, expected.popular)
-        data = RequestData(self._keys.cache(user, k, device), _bytes(mine[1]), versions)
+        data = RequestData(self._keys.cache(user, k, device), _bytes(mine[1]), versions, assignment)
         if mine[0] == CACHED:
             data.cached = mine[2]
             return data
@@ -138,7 +188,7 @@ class OnlineReader:
         return data
 
     async def _read_once(
-        self, expected: _Expected, user: str, k: int, device: str, segment: str
+        self, expected: _Expected, variant: str, user: str, k: int, device: str, segment: str
     ) -> list[Any]:
         keys = self._keys
         pipe = self._redis.pipeline(transaction=False)
@@ -150,7 +200,7 @@ class OnlineReader:
             pipe,
             USER_READ,
             [keys.epoch(user), keys.cache(user, k, device), keys.session(user), u2i],
-            [expected.tag(), "0" if expected.u2i is None else "1"],
+            [expected.tag(variant), "0" if expected.u2i is None else "1"],
         )
         if expected.popular is None:
             pipe.exists(keys.global_epoch())  # placeholders keep the replies' positions
@@ -175,7 +225,7 @@ class OnlineReader:
                 CACHE_PAUSE_S,
             )
             self._paused_until = time.monotonic() + CACHE_PAUSE_S
-            return await self._read_once(expected, user, k, device, segment)
+            return await self._read_once(expected, variant, user, k, device, segment)
         meta, mine, popular, fallback, trend = replies[:5]
         if expected.popular is None:
             popular = fallback = None
@@ -236,6 +286,12 @@ class OnlineReader:
             await pipe.execute()
         except (RedisError, OSError) as e:
             log.warning("could not cache %d answer(s): %s", len(writes), e)
+
+
+def _seen(meta: list[Any]) -> _Expected:
+    """The pointers one round trip read: live versions, canaries, global epoch."""
+    canaries = (Canary.decode(meta[3]), Canary.decode(meta[4]), Canary.decode(meta[5]))
+    return _Expected(_int(meta[0]), _int(meta[1]), _int(meta[2]), _text(meta[6] or b"0"), canaries)
 
 
 def parse_categories(raw: bytes | str | None) -> dict[str, str]:

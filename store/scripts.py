@@ -14,9 +14,10 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[3], ARGV[4], ARGV[5])
 return {1, cur}
 """
 
-# KEYS: live, backup, progress of the new version, registry
+# KEYS: live, backup, progress of the new version, registry, canary pointer
 # ARGV: expected live ('' = none), new version, then registry field/record pairs
-# The pointer flip and the registry records of every version it changes, in one atomic step.
+# The pointer flip and the registry records of every version it changes, in one atomic step. A
+# version that was the store's canary stops being one as it goes live.
 PROMOTE = """
 if redis.call('EXISTS', KEYS[3]) == 0 then return {-1, ''} end
 local cur = redis.call('GET', KEYS[1]) or ''
@@ -25,6 +26,8 @@ if cur ~= '' and cur ~= ARGV[2] then
   redis.call('SET', KEYS[2], cur)
 end
 redis.call('SET', KEYS[1], ARGV[2])
+local canary = redis.call('GET', KEYS[5])
+if canary and string.match(canary, '^[^|]*') == ARGV[2] then redis.call('DEL', KEYS[5]) end
 for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1]) end
 return {1, cur}
 """
@@ -78,7 +81,35 @@ if ARGV[2] == '1' then cands = redis.call('GET', KEYS[4]) end
 return {0, tag, redis.call('GET', KEYS[3]), cands}
 """
 
-# KEYS: the live pointers of u2i, i2i and popular, the global epoch (one slot: the prefix's)
+# KEYS: canary pointer, live pointer, progress of the version, registry, experiment counters
+# ARGV: version, canary pointer value, the version's record as the caller read it, its new record
+# Starts (or re-shares) a canary: only a materialized version that is not live, while no other
+# version is the store's canary, and whose record did not change since the caller checked it.
+# A new experiment starts its counters from zero.
+CANARY_START = """
+if redis.call('EXISTS', KEYS[3]) == 0 then return -1 end
+if (redis.call('GET', KEYS[2]) or '') == ARGV[1] then return -2 end
+local cur = redis.call('GET', KEYS[1])
+if cur and string.match(cur, '^[^|]*') ~= ARGV[1] then return -3 end
+if redis.call('HGET', KEYS[4], ARGV[1]) ~= ARGV[3] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('HSET', KEYS[4], ARGV[1], ARGV[4])
+if not cur then redis.call('DEL', KEYS[5]) end
+return 1
+"""
+
+# KEYS: canary pointer, registry   ARGV: version, its new record
+# Ends a canary (aborted) if it still is ``version``, and records why, in one step.
+CANARY_END = """
+local cur = redis.call('GET', KEYS[1])
+if not cur or string.match(cur, '^[^|]*') ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return 1
+"""
+
+# KEYS: the live pointers of u2i, i2i and popular, their canary pointers, the global epoch (one
+#       slot: the prefix's)
 # The pointers and epoch a read starts from, in one command instead of four GETs (cluster
 # pipelines refuse MGET); a missing key reads as ''.
 POINTERS = """

@@ -26,6 +26,7 @@ from tandem.contracts.versions import State, VersionRecord
 from tandem.store.connect import connect
 from tandem.store.keys import Keys
 from tandem.streams import metrics
+from tandem.streams.attribution import Attribution
 from tandem.streams.exceptions import RedisUnavailable
 from tandem.streams.lag import LAG
 from tandem.streams.mirror import RedisMirror
@@ -50,6 +51,7 @@ class WorkerOptions:
     changelog_batch_bytes: int | None = None
     # How long a Redis outage is ridden out (writes retried) before the worker gives up.
     redis_outage_s: float = 60.0
+    attribution_flush_s: float = 0.2
 
 
 RETRY_FIRST_S = 0.1
@@ -116,6 +118,9 @@ class StreamWorker:
         self._handing: asyncio.Future[None] | None = None
         self._flushing: asyncio.Future[None] | None = None
         self.trending = TrendingCounts()
+        self.attribution = Attribution(
+            self.redis, Keys(settings.key_prefix), settings.attribution_window_s
+        )
         self.categories: dict[str, str] = {}
         self._flush_lock = asyncio.Lock()
         self.app = self._build_app()
@@ -151,6 +156,12 @@ class StreamWorker:
             topics.VERSIONS, key_serializer="raw", value_serializer="raw", partitions=1
         )
         self.dlq = app.topic(topics.DLQ, key_serializer="raw", value_serializer="raw")
+        impressions = app.topic(
+            topics.IMPRESSIONS,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=settings.events_partitions,
+        )
         self.sessions = app.Table(
             "sessions",
             partitions=settings.events_partitions,
@@ -166,6 +177,8 @@ class StreamWorker:
         )
         app.agent(events, concurrency=1, name="sessions")(self._on_events)
         app.agent(versions, concurrency=1, name="cutovers")(self._on_versions)
+        app.agent(impressions, concurrency=1, name="impressions")(self._on_impressions)
+        app.timer(options.attribution_flush_s)(self.flush_attribution)
         app.timer(options.flush_interval_s)(self._tick)
         app.timer(options.trending_flush_s)(self.flush_trending)
         app.timer(options.categories_refresh_s, on_leader=False)(self.refresh_categories)
@@ -191,6 +204,7 @@ class StreamWorker:
             await self._dead_letter(event, str(e))
             return
         self.apply(parsed, message.partition)
+        self.attribution.add_event(parsed)
         if len(self.pending) >= self.options.flush_max:
             await self.flush()
         log.debug(
@@ -371,6 +385,14 @@ class StreamWorker:
         log.info("recovered %d sessions; mirroring them into Redis", len(restored))
         await self.mirror.write_sessions(restored)
 
+    async def _on_impressions(self, stream: StreamT[bytes]) -> None:
+        async for value in stream:
+            self.attribution.add_impression(value or b"")
+
+    async def flush_attribution(self) -> None:
+        """Write queued impressions and attribute queued events (see streams/attribution.py)."""
+        await self._retrying("attribution", lambda _: self.attribution.flush(), None)
+
     async def _on_versions(self, stream: StreamT[bytes]) -> None:
         async for value in stream:
             try:
@@ -390,4 +412,5 @@ class StreamWorker:
         was flushed, changelog included, when the app stopped)."""
         await self.flush_sessions()
         await self.flush_trending()
+        await self.attribution.flush()
         await self.redis.aclose()

@@ -52,3 +52,16 @@ def applied(ts_ms: int) -> None:
     now = time.time()
     EVENT_AGE.observe(max(0.0, now - ts_ms / 1000))
     LAST_EVENT.set(now)
+
+
+ONLINE = Counter(
+    "tandem_streams_online_total",
+    "Impressions and attributed events (click, add_to_cart, purchase) per version and variant",
+    ["store", "version", "variant", "metric"],
+    registry=REGISTRY,
+)
+UNATTRIBUTED = Counter(
+    "tandem_streams_unattributed_total",
+    "Clicks, add-to-carts and purchases matching no impression within the window",
+    registry=REGISTRY,
+)

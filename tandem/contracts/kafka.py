@@ -132,7 +132,8 @@ def create_topics(client: AdminClient, wanted: list[NewTopic], timeout_s: float 
 
 
 def ensure_base_topics(settings: Settings) -> None:
-    """Create tandem's fixed topics: events, versions (compacted) and the dead-letter topic."""
+    """Create tandem's fixed topics: events, versions (compacted), the dead-letter topic and
+    impressions."""
     create_topics(
         admin(settings),
         [
@@ -144,5 +145,6 @@ def ensure_base_topics(settings: Settings) -> None:
                 config={"cleanup.policy": "compact"},
             ),
             NewTopic(topics.DLQ, 1, settings.replication_factor),
+            NewTopic(topics.IMPRESSIONS, settings.events_partitions, settings.replication_factor),
         ],
     )

@@ -78,9 +78,12 @@ class EventBody(BaseModel):
     device: Device | None = None
     session_id: Id | None = None
     context: dict[ContextKey, ContextValue] | None = Field(None, max_length=MAX_CONTEXT_KEYS)
+    request_id: Id | None = Field(
+        None, description="the X-Request-ID of the answer the item was shown in (attribution)"
+    )
 
 
-_ID_FIELDS = frozenset({"user_id", "item_id", "event_id", "session_id"})
+_ID_FIELDS = frozenset({"user_id", "item_id", "event_id", "session_id", "request_id"})
 _CHOICES = {"event_type": EVENT_TYPES, "device": DEVICES}
 
 
@@ -96,6 +99,7 @@ class Event:
     device: str | None = None
     session_id: str | None = None
     context: dict[str, str | int | float] | None = None
+    request_id: str | None = None
 
     def to_json(self) -> bytes:
         """The canonical JSON form (``ts`` as epoch milliseconds)."""
@@ -112,6 +116,8 @@ class Event:
             body["session_id"] = self.session_id
         if self.context:
             body["context"] = self.context
+        if self.request_id is not None:
+            body["request_id"] = self.request_id
         return orjson.dumps(body)
 
 
@@ -182,6 +188,7 @@ def parse_event(obj: object, now_ms: int) -> Event:
         device=None if body.device is None else str(body.device),
         session_id=body.session_id,
         context=body.context,
+        request_id=body.request_id,
     )
 
 

@@ -21,6 +21,23 @@ REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+cluster", "rediss+c
 _PREFIX_RE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 
 
+class GuardPolicy(BaseModel):
+    """When a canary (or the live version) of a store is judged: its online guards."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # Impressions each variant needs before CTR or conversion is compared at all.
+    min_impressions: int = Field(default=500, ge=10, le=10_000_000)
+    # How far (relative) the canary's CTR or conversion may fall below control's...
+    max_drop: float = Field(default=0.05, ge=0.0, le=1.0)
+    # ...before a one-sided two-proportion z-test at this z calls it worse.
+    z: float = Field(default=2.33, ge=0.5, le=6.0)
+    max_degraded_share: float = Field(default=0.05, ge=0.0, le=1.0)
+    max_p99_ms: float = Field(default=250.0, gt=0, le=60_000)
+    # Impressions per variant after which a canary no guard objects to is promoted (0: never).
+    promote_after: int = Field(default=2000, ge=0, le=100_000_000)
+
+
 class StorePolicy(BaseModel):
     """How one store's versions live in Redis and which gates a new version must pass."""
 
@@ -31,6 +48,7 @@ class StorePolicy(BaseModel):
     min_coverage: float = Field(default=0.9, ge=0.0, le=10.0)
     max_empty_share: float = Field(default=0.05, ge=0.0, le=1.0)
     metric_tolerance: float = Field(default=0.02, ge=0.0, le=1.0)
+    guard: GuardPolicy = Field(default_factory=GuardPolicy)
 
 
 def _default_stores() -> dict[str, StorePolicy]:
@@ -61,6 +79,12 @@ class Settings(BaseSettings):
     api_cache_ttl_s: int = Field(default=60, ge=5, le=3600)
     api_redis_timeout_ms: int = Field(default=30, ge=1, le=10_000)
     metrics_host: str = "127.0.0.1"
+    # Share of answers written to ``tandem.impressions``, and how many may wait to be sent
+    # (beyond it they are dropped and counted, never slowing an answer).
+    impressions_sample: float = Field(default=1.0, ge=0.0, le=1.0)
+    impressions_buffer: int = Field(default=10_000, ge=1, le=1_000_000)
+    # Events without a request id are attributed to the user's last impression this recent.
+    attribution_window_s: int = Field(default=1800, ge=1, le=7 * 86400)
     # Origins whose browsers may call the API (CORS), as a JSON list: ["https://shop.example"].
     cors_origins: tuple[str, ...] = ()
     log_format: Literal["text", "json"] = "text"

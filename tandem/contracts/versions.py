@@ -30,10 +30,11 @@ class State(StrEnum):
     ROLLED_BACK = "rolled_back"
     RETIRED = "retired"
     ABORTED = "aborted"
+    CANARY = "canary"  # served to a share of users beside the live version (an experiment)
 
 
 # States in which a version's data is served, or is about to be: retirement never touches them.
-IN_SERVICE = frozenset({State.LIVE, State.BACKUP})
+IN_SERVICE = frozenset({State.LIVE, State.BACKUP, State.CANARY})
 # States of a version whose push has not finished.
 IN_FLIGHT = frozenset({State.PUSHED, State.INGESTING})
 

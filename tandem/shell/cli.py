@@ -218,5 +218,18 @@ def demo(
     run(setup, settings_of(ctx).state_dir)
 
 
-for _command in (batch, data, events, materialize, publish, replay, versions, worker):
+from tandem.shell.experiment_commands import experiments, guard  # noqa: E402 - adds to versions
+
+for _command in (
+    batch,
+    data,
+    events,
+    experiments,
+    guard,
+    materialize,
+    publish,
+    replay,
+    versions,
+    worker,
+):
     main.add_command(_command)

@@ -1,0 +1,150 @@
+"""The impression log: every (sampled) answer, as shown, on ``tandem.impressions``.
+
+An impression carries what attribution, online metrics and training from logs need: the
+request id, user, time, the versions and variant (with the probability of that variant), and
+the items with their position, score, sources and the feature vector the re-ranker saw.
+
+Logging never slows or fails an answer: the request path only appends to a bounded buffer (an
+answer arriving when it is full is dropped and counted); a background task builds the records
+(features, JSON) and hands them to the producer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from confluent_kafka import KafkaException
+
+from tandem.api import metrics
+from tandem.api.exceptions import Unavailable
+from tandem.api.producer import AsyncProducer
+from tandem.contracts import topics
+from tandem.contracts.features import FEATURES, Candidate, Context, build_features
+from tandem.store.online import Assignment
+
+log = logging.getLogger(__name__)
+
+DRAIN_S = 0.02
+BATCH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Impression:
+    """One answer as the request path saw it; turned into a record off the request path."""
+
+    request_id: str
+    ts_ms: int
+    took_ms: float
+    cached: bool
+    body: bytes  # the answer without its envelope (user, items, versions, variant, ...)
+    assignment: Assignment
+    shown: list[Candidate] = field(default_factory=list)  # the items' candidates, in order
+    context: Context | None = None
+    categories: dict[str, str] = field(default_factory=dict)
+    trending: dict[str, float] = field(default_factory=dict)
+
+
+def record(impression: Impression) -> dict[str, Any]:
+    """The ``tandem.impressions`` record of one answer."""
+    answer = orjson.loads(impression.body)
+    rows: list[list[float]] = []
+    if impression.shown and impression.context is not None:
+        matrix = build_features(
+            impression.shown, impression.context, impression.categories, impression.trending
+        )
+        rows = [[round(float(x), 6) for x in row] for row in matrix]
+    items = [
+        {**item, "position": i, **({"features": rows[i]} if i < len(rows) else {})}
+        for i, item in enumerate(answer.get("items", []))
+    ]
+    assignment = impression.assignment
+    return {
+        "request_id": impression.request_id,
+        "user_id": answer["user_id"],
+        "ts_ms": impression.ts_ms,
+        "took_ms": round(impression.took_ms, 3),
+        "cached": impression.cached,
+        "degraded": answer.get("degraded", False),
+        "versions": answer.get("versions", {}),
+        "reranker": answer.get("reranker"),
+        "variant": assignment.variant,
+        "probability": assignment.probability,
+        "canaries": list(assignment.canaries),
+        "experiments": [
+            {"store": s, "version": str(v), "share": share}
+            for s, v, share in assignment.experiments
+        ],
+        "feature_names": list(FEATURES) if rows else [],
+        "items": items,
+    }
+
+
+class ImpressionLog:
+    """A bounded buffer of impressions drained to Kafka by a background task."""
+
+    def __init__(self, producer: AsyncProducer, sample: float, capacity: int) -> None:
+        self._producer = producer
+        self._sample = sample
+        self._buffer: deque[Impression] = deque()
+        self._capacity = capacity
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def wants(self) -> bool:
+        """Whether this answer is sampled (decide before building anything for it)."""
+        return self._sample >= 1.0 or random.random() < self._sample
+
+    def offer(self, impression: Impression) -> None:
+        """Queue one impression; dropped (and counted) when the buffer is full."""
+        if len(self._buffer) >= self._capacity:
+            metrics.IMPRESSIONS.labels("dropped").inc()
+            return
+        self._buffer.append(impression)
+        self._wake.set()
+
+    def start(self) -> None:
+        """Start draining in the background."""
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            self.drain()
+            await asyncio.sleep(DRAIN_S)  # gather a batch before the next hand-over
+
+    def drain(self, limit: int | None = None) -> int:
+        """Hand up to ``limit`` buffered impressions to the producer; how many went."""
+        sent = 0
+        while self._buffer and (limit is None or sent < limit):
+            impression = self._buffer.popleft()
+            try:
+                value = orjson.dumps(record(impression))
+                user = orjson.loads(impression.body)["user_id"]
+                self._producer.produce_record(topics.IMPRESSIONS, key=user.encode(), value=value)
+            except (BufferError, KafkaException, Unavailable) as e:
+                metrics.IMPRESSIONS.labels("dropped").inc()
+                log.debug("impression dropped: %s", e)
+                continue
+            except Exception:
+                metrics.IMPRESSIONS.labels("dropped").inc()
+                log.exception("an impression could not be logged")
+                continue
+            metrics.IMPRESSIONS.labels("sent").inc()
+            sent += 1
+        return sent
+
+    async def close(self) -> None:
+        """Stop the task and hand over what is left (the producer flushes it at close)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.drain()

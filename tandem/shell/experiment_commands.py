@@ -1,0 +1,162 @@
+"""``tandem versions canary|promote``, ``tandem experiments show`` and ``tandem guard``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import click
+import orjson
+
+from tandem.contracts.ids import check_version
+from tandem.shell.clictx import run_until_signal, settings_of
+from tandem.shell.store_commands import _with_admin, versions
+
+if TYPE_CHECKING:
+    from tandem.contracts.settings import Settings
+    from tandem.store.admin import VersionAdmin
+
+
+@versions.command("canary")
+@click.argument("store")
+@click.argument("version")
+@click.option(
+    "--share",
+    type=click.FloatRange(0, 100, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Percent of users (by a stable hash of the user id) served the canary.",
+)
+@click.option("--shadow", is_flag=True, help="Record the canary without serving it to anyone.")
+@click.pass_context
+def versions_canary(
+    ctx: click.Context, store: str, version: str, share: float, shadow: bool
+) -> None:
+    """Serve a validated VERSION of STORE to a share of users beside the live version.
+
+    End it with `tandem versions promote STORE` or `tandem versions abort STORE VERSION`; the
+    guard (`tandem guard`) does either on its own.
+    """
+    number = check_version(version.lstrip("v"))
+    canary = _with_admin(
+        settings_of(ctx),
+        lambda admin: admin.start_canary(store, number, share / 100, shadow=shadow),
+    )
+    mode = "shadowed" if shadow else f"served to {canary.share:.2%} of users"
+    click.echo(f"{store} v{canary.version}: canary, {mode}")
+
+
+@versions.command("promote")
+@click.argument("store")
+@click.pass_context
+def versions_promote(ctx: click.Context, store: str) -> None:
+    """Make the canary of STORE live (the live version becomes the backup)."""
+    live = _with_admin(settings_of(ctx), lambda admin: admin.promote_canary(store))
+    click.echo(f"{store}: canary v{live} is live")
+
+
+@click.group()
+def experiments() -> None:
+    """Online metrics of canaries against control."""
+
+
+async def _overview(admin: VersionAdmin, settings: Settings, stores: list[str]) -> list[Any]:
+    """Each store's running canary with its counters, and the online counters per version."""
+    from tandem.store.experiments import CANARY, CONTROL
+    from tandem.store.guards import interval
+
+    out = []
+    for store in stores:
+        settings.policy(store)
+        canary = await admin.experiments.canary(store)
+        body: dict[str, Any] = {"store": store, "canary": None}
+        if canary is not None:
+            stats = await admin.experiments.counters(store, canary.version)
+            body["canary"] = {"version": str(canary.version), "share": canary.share}
+            for variant in (CONTROL, CANARY):
+                s = stats[variant]
+                body[variant] = {**s.to_dict(), "ctr_interval": interval(s.click, s.impressions)}
+        body["online"] = await admin.experiments.online(store)
+        out.append(body)
+    return out
+
+
+@experiments.command("show")
+@click.argument("store", required=False)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of text.")
+@click.pass_context
+def experiments_show(ctx: click.Context, store: str | None, as_json: bool) -> None:
+    """Impressions, clicks, add-to-carts, purchases, CTR and conversion per version and
+    variant, for STORE (or every store), with the running canary against control."""
+    settings = settings_of(ctx)
+    stores = [store] if store else sorted(settings.stores)
+    found = _with_admin(settings, lambda admin: _overview(admin, settings, stores))
+    if as_json:
+        click.echo(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode())
+        return
+    for body in found:
+        click.echo(_text(body))
+
+
+def _text(body: dict[str, Any]) -> str:
+    lines = [f"{body['store']}:"]
+    if body["canary"] is not None:
+        canary = body["canary"]
+        lines.append(f"  canary v{canary['version']} at {canary['share']:.2%}")
+        for variant in ("control", "canary"):
+            s = body[variant]
+            low, high = s["ctr_interval"]
+            lines.append(
+                f"    {variant:<8} {s['impressions']:>8} impressions  CTR {s['ctr']:.4f} "
+                f"[{low:.4f}, {high:.4f}]  conversion {s['conversion']:.4f}  "
+                f"degraded {s['degraded_share']:.3f}  p99 {s['p99_ms']} ms"
+            )
+    lines.extend(
+        f"  v{row['version']} {row['variant']:<8} {row['impressions']:>8} impressions  "
+        f"{row['clicks']} clicks  {row['add_to_carts']} add-to-carts  {row['purchases']} "
+        f"purchases  CTR {row['ctr']:.4f}  conversion {row['conversion']:.4f}"
+        for row in body["online"]
+    )
+    if len(lines) == 1:
+        lines.append("  (no impressions yet)")
+    return "\n".join(lines)
+
+
+@click.command()
+@click.option(
+    "--interval-s",
+    type=click.FloatRange(0.1, 3600),
+    default=5.0,
+    show_default=True,
+    help="Seconds between passes over the stores' canaries.",
+)
+@click.option("--once", is_flag=True, help="One pass, print its decisions as JSON, and exit.")
+@click.pass_context
+def guard(ctx: click.Context, interval_s: float, once: bool) -> None:
+    """Judge every running canary against control: abort a worse one, promote a healthy one
+    after its sample (guards per store in TANDEM_STORES: {"u2i": {"guard": {...}}})."""
+    import asyncio
+
+    from tandem.contracts.kafka import make_producer
+    from tandem.store.admin import VersionAdmin
+    from tandem.store.connect import connect
+    from tandem.store.guards import Guard
+
+    settings = settings_of(ctx)
+    policies = {store: policy.guard for store, policy in settings.stores.items()}
+
+    async def job(stop: asyncio.Event) -> None:
+        redis = connect(settings)
+        producer = make_producer(settings, bulk=False)
+        try:
+            checker = Guard(VersionAdmin(settings, redis, producer), policies)
+            if once:
+                outcomes = await checker.check()
+                body = [o.to_dict() for o in outcomes]
+                click.echo(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
+                return
+            await checker.run(stop, interval_s)
+        finally:
+            await redis.aclose()
+            producer.flush(10)
+
+    run_until_signal(job)
