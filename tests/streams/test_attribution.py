@@ -1,0 +1,108 @@
+"""Attribution in the stream worker, against the real broker and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import orjson
+import pytest
+from click.testing import CliRunner
+from redis.asyncio import Redis
+
+from tandem.api.impressions import Impression, record
+from tandem.contracts import topics
+from tandem.contracts.kafka import make_producer
+from tandem.contracts.schemas import Event
+from tandem.contracts.settings import Settings
+from tandem.shell.cli import main
+from tandem.shell.processes import environment
+from tandem.store.experiments import VariantStats, parse_counters
+from tandem.store.keys import Keys
+from tandem.store.online import Assignment
+from tandem.streams.app import WorkerOptions
+from tandem.streams.produce import EventProducer
+from tandem.streams.runner import running
+from tests.helpers import wait_for
+
+pytestmark = pytest.mark.integration
+
+LIVE, CANARY = 30_000_000_000_000_001, 30_000_000_000_000_002
+
+
+def impression(user: str, request_id: str, items: list[str], canary: bool) -> bytes:
+    """A record as the API logs it: u2i live or canary, in the experiment of CANARY."""
+    body = {
+        "user_id": user,
+        "items": [{"item_id": i, "score": 1.0, "sources": ["u2i"]} for i in items],
+        "versions": {"u2i": str(CANARY if canary else LIVE), "i2i": None, "popular": None},
+        "degraded": False,
+    }
+    assignment = Assignment(("u2i",) if canary else (), (("u2i", CANARY, 0.5),))
+    found = Impression(
+        request_id, int(time.time() * 1000), 3.0, False, orjson.dumps(body), assignment
+    )
+    return orjson.dumps(record(found))
+
+
+def event(user: str, item: str, kind: str, request_id: str | None = None) -> Event:
+    return Event(user, item, kind, int(time.time() * 1000), uuid.uuid4().hex, request_id=request_id)
+
+
+async def test_events_are_attributed_to_their_impressions(
+    settings: Settings, redis: Redis, keys: Keys
+) -> None:
+    user1, user2, user3 = ("u" + uuid.uuid4().hex[:10] for _ in range(3))
+    options = WorkerOptions(app_id="w" + uuid.uuid4().hex[:8])
+    producer = make_producer(settings, bulk=False)
+    events = EventProducer(settings)
+
+    def log(*records: tuple[str, bytes]) -> None:
+        for user, value in records:
+            producer.produce(topics.IMPRESSIONS, key=user.encode(), value=value)
+        producer.flush(10)
+
+    def send(*found: Event) -> None:
+        for e in found:
+            events.send(e)
+        events.flush()
+
+    async with running(settings, options):
+        # user3 clicks before the worker sees the impression it names: the click waits for it.
+        send(event(user3, "b1", "click", "r3"))
+        log(
+            (user1, impression(user1, "r1", ["a0", "a1"], canary=False)),
+            (user2, impression(user2, "r2", ["b0"], canary=True)),
+        )
+        send(
+            event(user1, "a1", "click", "r1"),
+            event(user1, "a1", "click", "r1"),  # one impression counts one click
+            event(user1, "a0", "purchase"),  # no request id: the user's last impression
+            event(user2, "b0", "click"),
+            event(user2, "zz", "click"),  # not shown: not attributed
+            event(user2, "b0", "view"),  # views are not attributed
+        )
+        log((user3, impression(user3, "r3", ["b1"], canary=True)))
+
+        async def counted() -> tuple[VariantStats, VariantStats] | None:
+            stats = parse_counters(await redis.hgetall(keys.experiment("u2i", CANARY)))
+            control, canary = stats["control"], stats["canary"]
+            return (control, canary) if control.purchase == 1 and canary.click == 2 else None
+
+        control, canary = await wait_for(counted, timeout_s=30, what="attributed events")
+    assert (control.impressions, control.click, control.purchase) == (1, 1, 1)
+    assert (canary.impressions, canary.click, canary.purchase) == (2, 2, 0)
+    online = await redis.hgetall(keys.online("u2i"))
+    assert online[f"{LIVE}:control:click".encode()] == b"1"
+    assert online[f"{CANARY}:canary:impressions".encode()] == b"2"
+
+    shown = await asyncio.to_thread(  # the command runs its own event loop
+        CliRunner().invoke,
+        main,
+        ["experiments", "show", "u2i", "--json"],
+        env=environment(settings),
+    )
+    assert shown.exit_code == 0, shown.output
+    rows = orjson.loads(shown.output)[0]["online"]
+    assert {"version": str(LIVE), "variant": "control", "ctr": 1.0}.items() <= rows[-1].items()
