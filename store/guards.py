@@ -94,9 +94,16 @@ def judge(control: VariantStats, canary: VariantStats, policy: GuardPolicy) -> D
             )
     if reasons:
         return Decision("abort", tuple(reasons), z)
+    # Promotion needs evidence, not only the absence of it: after its sample, the canary's CTR
+    # must be shown not worse than control's by more than max_drop (a non-inferiority test:
+    # the same statistic, significant the other way).
     enough = min(control.impressions, canary.impressions) >= policy.promote_after
-    if policy.promote_after and enough:
-        return Decision("promote", ("no guard breached after the promotion sample",), z)
+    if policy.promote_after and enough and z["ctr"] < -policy.z:
+        why = (
+            f"ctr {canary.ctr:.4f} against control {control.ctr:.4f}: not worse by more than "
+            f"{policy.max_drop:.0%} (z={-z['ctr']:.2f} > {policy.z:g}), no guard breached"
+        )
+        return Decision("promote", (why,), z)
     return Decision("wait", (), z)
 
 

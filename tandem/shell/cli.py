@@ -218,7 +218,11 @@ def demo(
     run(setup, settings_of(ctx).state_dir)
 
 
-from tandem.shell.experiment_commands import experiments, guard  # noqa: E402 - adds to versions
+from tandem.shell.experiment_commands import (  # noqa: E402 - adds to versions
+    experiments,
+    guard,
+    simulate,
+)
 
 for _command in (
     batch,
@@ -229,6 +233,7 @@ for _command in (
     materialize,
     publish,
     replay,
+    simulate,
     versions,
     worker,
 ):

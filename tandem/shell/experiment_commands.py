@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -160,3 +161,83 @@ def guard(ctx: click.Context, interval_s: float, once: bool) -> None:
             producer.flush(10)
 
     run_until_signal(job)
+
+
+@click.group()
+def simulate() -> None:
+    """Simulations of the whole system on private services."""
+
+
+@simulate.command("canary")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    default=None,
+    help="Also write the results to this JSON file.",
+)
+@click.option(
+    "--users",
+    type=click.IntRange(50, 1_000_000),
+    default=2000,
+    show_default=True,
+    help="Simulated users (half of them see each canary).",
+)
+@click.option(
+    "--min-impressions",
+    type=click.IntRange(10, 1_000_000),
+    default=300,
+    show_default=True,
+    help="Impressions per variant before the guard compares CTRs.",
+)
+@click.option(
+    "--promote-after",
+    type=click.IntRange(10, 10_000_000),
+    default=800,
+    show_default=True,
+    help="Impressions per variant after which a healthy canary is promoted.",
+)
+@click.option(
+    "--broker",
+    type=click.Choice(["auto", "kafka", "tansu"]),
+    default="auto",
+    show_default=True,
+    help="Which broker to start (auto: Apache Kafka if Java is installed).",
+)
+@click.pass_context
+def simulate_canary(
+    ctx: click.Context,
+    json_path: Path | None,
+    users: int,
+    min_impressions: int,
+    promote_after: int,
+    broker: str,
+) -> None:
+    """A worse and a better canary, with simulated users clicking by a hidden preference,
+    through the real API, broker, worker and guard: the worse must be aborted, the better
+    promoted."""
+    from tandem.shell.simulate import Spec, run
+
+    spec = Spec(users=users, min_impressions=min_impressions, promote_after=promote_after)
+    results = run(settings_of(ctx).state_dir, spec, broker)
+    for name, found in results.items():
+        click.echo(summary(name, found))
+    if json_path is not None:
+        json_path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    if results["worse"]["outcome"] != "aborted" or results["better"]["outcome"] != "promoted":
+        raise click.ClickException("the guard did not decide as expected (see above)")
+
+
+def summary(name: str, found: dict[str, Any]) -> str:
+    """A few lines on one simulated experiment."""
+    lines = [f"{name} canary v{found['version']}: {found['outcome']} after "
+             f"{found['decided_after_s']} s ({found['answers']} answers)"]  # fmt: skip
+    for variant in ("control", "canary"):
+        ctr = found["ctr"][variant]
+        low, high = ctr["interval"]
+        lines.append(
+            f"  {variant:<8} {found['impressions'][variant]:>6} impressions  "
+            f"{found['clicks'][variant]:>5} clicks  CTR {ctr['ctr']:.3f} [{low:.3f}, {high:.3f}]"
+        )
+    lines.extend(f"  why: {reason}" for reason in found["reasons"])
+    return "\n".join(lines)

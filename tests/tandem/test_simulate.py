@@ -1,0 +1,30 @@
+"""``tandem simulate canary`` in small: the guard aborts the worse canary, promotes the better."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from tandem.contracts.settings import Settings
+from tandem.shell.experiment_commands import summary
+from tandem.shell.simulate import Spec, simulate
+
+pytestmark = pytest.mark.integration
+
+
+async def test_the_guard_aborts_the_worse_canary_and_promotes_the_better(
+    settings: Settings, tmp_path: Path
+) -> None:
+    settings = settings.model_copy(update={"admin_token": SecretStr("sim-token")})
+    spec = Spec(users=300, min_impressions=80, promote_after=200, decide_timeout_s=60)
+    results = await simulate(settings, tmp_path, spec)
+    worse, better = results["worse"], results["better"]
+    assert worse["outcome"] == "aborted", summary("worse", worse)
+    assert any("ctr" in reason for reason in worse["reasons"]), worse["reasons"]
+    assert better["outcome"] == "promoted", summary("better", better)
+    assert better["ctr"]["canary"]["ctr"] > better["ctr"]["control"]["ctr"]
+    for found in (worse, better):
+        assert min(found["impressions"].values()) >= spec.min_impressions
+        assert found["decided_after_s"] is not None
