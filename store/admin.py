@@ -109,11 +109,19 @@ class VersionAdmin:
         item_ids, scores = decode(raw) if isinstance(raw, bytes) else ([], [])
         return Served(store, live, entity_id, item_ids, scores)
 
-    async def rollback(self, store: str) -> tuple[int | None, int]:
-        """Flip back to the backup version and announce it; ``(rolled back, now live)``."""
+    async def rollback(
+        self, store: str, reasons: list[str] | None = None
+    ) -> tuple[int | None, int]:
+        """Flip back to the backup version and announce it (with why, when a guard did it);
+        ``(rolled back, now live)``."""
         self._settings.policy(store)
         rolled_back, live = await self.lifecycle.rollback(store)
-        announce(self._announcer, store, live, State.LIVE, rolled_back_from=rolled_back)
+        if reasons and rolled_back is not None:
+            await self.lifecycle.registry.update(
+                store, rolled_back, State.ROLLED_BACK, reasons=reasons
+            )
+        why = {"reasons": reasons} if reasons else {}
+        announce(self._announcer, store, live, State.LIVE, rolled_back_from=rolled_back, **why)
         self._announcer.poll(0)
         return rolled_back, live
 

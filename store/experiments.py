@@ -238,6 +238,15 @@ class Experiments:
         """The experiment's counters per variant."""
         return parse_counters(await self._redis.hgetall(self._keys.experiment(store, version)))
 
+    async def live_counters(self, store: str, version: int) -> VariantStats:
+        """The counters of a version's control answers (all its answers while no canary runs)."""
+        fields = [f"{version}:{CONTROL}:{m}" for m in METRICS] + [
+            f"{version}:{latency_field(CONTROL, b)}" for b in (*LATENCY_BOUNDS_MS, None)
+        ]
+        values = await self._redis.hmget(self._keys.online(store), fields)
+        named = {f.split(":", 1)[1]: v for f, v in zip(fields, values, strict=True) if v}
+        return parse_counters(named)[CONTROL]
+
     async def online(self, store: str) -> list[dict[str, Any]]:
         """The store's counters per version and variant, newest version first."""
         raw = await self._redis.hgetall(self._keys.online(store))

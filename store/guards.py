@@ -63,18 +63,40 @@ def interval(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def health(stats: VariantStats, policy: GuardPolicy) -> list[str]:
+    """What is wrong with a version's answers themselves (degraded share, p99 latency)."""
+    reasons = []
+    if stats.degraded_share > policy.max_degraded_share:
+        reasons.append(
+            f"degraded share {stats.degraded_share:.3f} above {policy.max_degraded_share:g}"
+        )
+    p99 = stats.p99_ms()
+    if p99 is not None and p99 > policy.max_p99_ms:
+        reasons.append(f"p99 latency {p99:g} ms above {policy.max_p99_ms:g} ms")
+    return reasons
+
+
+def since(now: VariantStats, before: VariantStats | None) -> VariantStats:
+    """The counts between two readings of the same counters."""
+    if before is None:
+        return now
+    latency = tuple(a - b for a, b in zip(now.latency, before.latency, strict=False))
+    return VariantStats(
+        impressions=now.impressions - before.impressions,
+        degraded=now.degraded - before.degraded,
+        click=now.click - before.click,
+        add_to_cart=now.add_to_cart - before.add_to_cart,
+        purchase=now.purchase - before.purchase,
+        latency_ms_sum=now.latency_ms_sum - before.latency_ms_sum,
+        latency=latency or now.latency,
+    )
+
+
 def judge(control: VariantStats, canary: VariantStats, policy: GuardPolicy) -> Decision:
     """Abort, promote or wait, from the experiment's counters."""
     if min(control.impressions, canary.impressions) < policy.min_impressions:
         return Decision("wait")
-    reasons = []
-    if canary.degraded_share > policy.max_degraded_share:
-        reasons.append(
-            f"degraded share {canary.degraded_share:.3f} above {policy.max_degraded_share:g}"
-        )
-    p99 = canary.p99_ms()
-    if p99 is not None and p99 > policy.max_p99_ms:
-        reasons.append(f"p99 latency {p99:g} ms above {policy.max_p99_ms:g} ms")
+    reasons = health(canary, policy)
     z = {
         "ctr": worse_z(control.click, control.impressions, canary.click, canary.impressions,
                        policy.max_drop),
@@ -138,13 +160,17 @@ class Guard:
     def __init__(self, admin: VersionAdmin, policies: dict[str, GuardPolicy]) -> None:
         self._admin = admin
         self._policies = policies
+        # Per store: the live version and its counters when its current window began.
+        self._windows: dict[str, tuple[int, VariantStats]] = {}
 
     async def check(self) -> list[Outcome]:
-        """One pass over the stores with a canary; acts on each decision."""
+        """One pass over the stores: judge each canary; without one, the live version's health
+        since the last window (rolled back when it breaches a guard). Acts on each decision."""
         outcomes = []
         for store, policy in sorted(self._policies.items()):
             canary = await self._admin.experiments.canary(store)
             if canary is None or canary.shadow:
+                await self._watch_live(store, policy)
                 continue
             stats = await self._admin.experiments.counters(store, canary.version)
             decision = judge(stats[CONTROL], stats[CANARY], policy)
@@ -190,6 +216,29 @@ class Guard:
         await registry.update(
             store, version, info.state, metadata={**info.metadata, "canary": canary}
         )
+
+    async def _watch_live(self, store: str, policy: GuardPolicy) -> str | None:
+        """Roll the live version back when, over a window of at least ``min_impressions``
+        answers, its degraded share or p99 breaches a guard; why, if it did."""
+        live = await self._admin.lifecycle.live(store)
+        if live is None:
+            return None
+        now = await self._admin.experiments.live_counters(store, live)
+        start = self._windows.get(store)
+        window = since(now, start[1] if start is not None and start[0] == live else None)
+        if window.impressions < policy.min_impressions:
+            if start is None or start[0] != live:
+                self._windows[store] = (live, now)
+            return None
+        self._windows[store] = (live, now)
+        reasons = health(window, policy)
+        if not reasons or await self._admin.lifecycle.backup(store) is None:
+            return None
+        why = [f"guard: {r} over the last {window.impressions} answers" for r in reasons]
+        await self._admin.rollback(store, why)
+        log.warning("guard: %s v%s rolled back: %s", store, live, "; ".join(why))
+        self._windows.pop(store, None)
+        return "; ".join(why)
 
     async def run(self, stop: asyncio.Event, interval_s: float) -> None:
         """Check every ``interval_s`` until ``stop`` is set."""

@@ -123,7 +123,9 @@ class Attribution:
         await pipe.execute()
 
     def _latency(self, pipe: Any, shown: Shown, took_ms: float) -> None:
-        for store, _, variant, experiment in shown.counted:
+        bucket = latency_field("", latency_bound(took_ms))[1:]  # "lat_le_…"
+        for store, version, variant, experiment in shown.counted:
+            pipe.hincrby(self.keys.online(store), f"{version}:{variant}:{bucket}", 1)
             if experiment:
                 key = self.keys.experiment(store, experiment)
                 pipe.hincrby(key, latency_field(variant, latency_bound(took_ms)), 1)

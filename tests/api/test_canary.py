@@ -139,3 +139,28 @@ async def test_the_guard_aborts_a_worse_canary_and_says_why(
     mine = [r for r in announced if r["version"] == canary]
     assert [r["state"] for r in mine] == ["canary", "rejected"]
     assert mine[-1]["canary"] == "aborted" and mine[-1]["reasons"] == list(info.reasons)
+
+
+async def test_the_guard_rolls_back_a_live_version_that_degrades(
+    redis: Redis, keys: Keys, settings: Settings
+) -> None:
+    users = ["u" + uuid.uuid4().hex[:10] for _ in range(10)]
+    first, second = await two_versions(redis, keys, users)
+    producer = make_producer(settings, bulk=False)
+    admin = VersionAdmin(settings, redis, producer)
+    await admin.lifecycle.promote(U2I, second, expected=first)
+    guard = Guard(admin, {U2I: GuardPolicy(min_impressions=100, max_degraded_share=0.05)})
+    online = keys.online(U2I)
+    await redis.hset(online, mapping={f"{second}:control:impressions": 90})
+    assert await guard.check() == [] and await admin.lifecycle.live(U2I) == second  # too few
+    await redis.hset(online, mapping={f"{second}:control:impressions": 400})
+    await guard.check()
+    assert await admin.lifecycle.live(U2I) == second  # healthy
+    await redis.hset(
+        online, mapping={f"{second}:control:impressions": 800, f"{second}:control:degraded": 90}
+    )
+    await guard.check()  # 22% of the last 400 answers degraded
+    assert await admin.lifecycle.live(U2I) == first
+    info = await admin.show(U2I, second)
+    assert info.state is State.ROLLED_BACK
+    assert info.reasons and info.reasons[0].startswith("guard: degraded share 0.225"), info.reasons
