@@ -101,13 +101,28 @@ async def test_canary_serves_a_stable_share_and_never_mixes_versions(
     assert answer["variant"] == CONTROL and answer["versions"]["u2i"] == str(canary)
 
 
+class Admin(VersionAdmin):
+    """The version admin with its own producer of lifecycle records."""
+
+    def __init__(self, settings: Settings, redis: Redis) -> None:
+        self.producer = make_producer(settings, bulk=False)
+        super().__init__(settings, redis, self.producer)
+
+    def flush(self) -> None:
+        self.producer.flush(10)
+
+
+async def with_two_versions(redis: Redis, keys: Keys, settings: Settings) -> tuple[Admin, int, int]:
+    """An admin, and :func:`two_versions` for a few users."""
+    users = ["u" + uuid.uuid4().hex[:10] for _ in range(10)]
+    live, canary = await two_versions(redis, keys, users)
+    return Admin(settings, redis), live, canary
+
+
 async def test_the_guard_aborts_a_worse_canary_and_says_why(
     redis: Redis, keys: Keys, settings: Settings
 ) -> None:
-    users = ["u" + uuid.uuid4().hex[:10] for _ in range(10)]
-    live, canary = await two_versions(redis, keys, users)
-    producer = make_producer(settings, bulk=False)
-    admin = VersionAdmin(settings, redis, producer)
+    admin, live, canary = await with_two_versions(redis, keys, settings)
     await admin.start_canary(U2I, canary, 0.5)
     guard = Guard(admin, {U2I: GuardPolicy(min_impressions=100, promote_after=0)})
     counters = keys.experiment(U2I, canary)
@@ -130,7 +145,7 @@ async def test_the_guard_aborts_a_worse_canary_and_says_why(
     assert info.metadata["canary"]["guard"]["action"] == "abort"
     assert await redis.get(keys.canary(U2I)) is None
     assert await redis.get(keys.live(U2I)) == str(live).encode()
-    producer.flush(10)
+    admin.flush()
     announced = [
         orjson.loads(m.value() or b"{}")
         for m in read_messages(settings, topics.VERSIONS)
@@ -144,10 +159,7 @@ async def test_the_guard_aborts_a_worse_canary_and_says_why(
 async def test_the_guard_rolls_back_a_live_version_that_degrades(
     redis: Redis, keys: Keys, settings: Settings
 ) -> None:
-    users = ["u" + uuid.uuid4().hex[:10] for _ in range(10)]
-    first, second = await two_versions(redis, keys, users)
-    producer = make_producer(settings, bulk=False)
-    admin = VersionAdmin(settings, redis, producer)
+    admin, first, second = await with_two_versions(redis, keys, settings)
     await admin.lifecycle.promote(U2I, second, expected=first)
     guard = Guard(admin, {U2I: GuardPolicy(min_impressions=100, max_degraded_share=0.05)})
     online = keys.online(U2I)
