@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 SOURCE_NAMES = ((FROM_U2I, U2I), (FROM_I2I, I2I), (FROM_POPULAR, POPULAR))
 MIN_CANDIDATES = 50
+MAX_SHADOWS = 8  # shadow answers computed at once, at most (beyond: not sampled)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +92,7 @@ class RecommendationService:
         self._loading: dict[int, asyncio.Future[Reranker | None]] = {}
         self._categories: dict[int, dict[str, str]] = {}  # per u2i version (live and canary)
         self.impressions: ImpressionLog | None = None
+        self._shadows: set[asyncio.Future[None]] = set()
 
     async def recommend(self, user: str, k: int, device: str | None) -> Answer:
         """The JSON answer for ``user``; degraded (never late) when the budget runs out."""
@@ -143,7 +145,55 @@ class RecommendationService:
         shown = [candidates[i] for i in order[:k]]
         shown_from = (context, categories, data.trending)
         self._impression(core, data.assignment, started, cached=False, shown=(shown, *shown_from))
+        if data.shadow is not None and not degraded:
+            self._start_shadow(data, user, k, (similar, session.excluded, context), items)
         return Answer(body, "degraded" if degraded else "ok")
+
+    def _start_shadow(
+        self,
+        data: RequestData,
+        user: str,
+        k: int,
+        inputs: tuple[list[tuple[int, tuple[list[str], list[float]]]], Any, Context],
+        served: list[dict[str, Any]],
+    ) -> None:
+        """Compute a shadow canary's answer in the background, for sampled requests and a
+        bounded number at a time: the answer served never waits for it."""
+        if len(self._shadows) >= MAX_SHADOWS or data.shadow is None:
+            return
+        if self.impressions is not None and not self.impressions.wants():
+            return
+        task = asyncio.ensure_future(
+            self._shadow(data, data.shadow, user, k, inputs, {i["item_id"] for i in served})
+        )
+        self._shadows.add(task)
+        task.add_done_callback(self._shadows.discard)
+
+    async def _shadow(
+        self,
+        data: RequestData,
+        version: int,
+        user: str,
+        k: int,
+        inputs: tuple[list[tuple[int, tuple[list[str], list[float]]]], Any, Context],
+        served: set[str],
+    ) -> None:
+        similar, excluded, context = inputs
+        started = time.perf_counter()
+        try:
+            u2i = await self._reader.candidates(U2I, version, user)
+            want = max(3 * k, MIN_CANDIDATES)
+            candidates = merge(u2i, similar, data.popular, excluded, want=want)
+            reranker = await self._assets(version)
+            features = (self._categories.get(version, {}), data.trending)
+            deadline = time.perf_counter() + self._budget.deadline_ms / 1000
+            order, _, _ = await self._rank(candidates, context, features, reranker, deadline)
+            shown = {candidates[i].item_id for i in order[:k]}
+            overlap = len(shown & served) / max(1, len(served))
+            took_ms = (time.perf_counter() - started) * 1000
+            await self._reader.record_shadow(version, overlap, took_ms)
+        except (RedisError, OSError, TimeoutError) as e:
+            log.debug("a shadow answer of u2i v%s was not recorded: %s", version, e)
 
     def _impression(
         self,
@@ -312,7 +362,9 @@ class RecommendationService:
         work.add_done_callback(self._pending.discard)
 
     async def drain(self) -> None:
-        """Wait for cache writes still in flight (at shutdown)."""
+        """Wait for cache writes and shadow answers still in flight (at shutdown)."""
+        if self._shadows:
+            await asyncio.gather(*self._shadows, return_exceptions=True)
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
         await self._reader.flush()

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 BUCKETS = 10_000
 CONTROL = "control"
 CANARY = "canary"
+SHADOW = "shadow"  # a shadow canary's answers, computed and compared, never served
 VARIANTS = (CONTROL, CANARY)
 # Counted per variant, by the stream worker (streams/attribution.py).
 METRICS = ("impressions", "degraded", "click", "add_to_cart", "purchase", "latency_ms_sum")
@@ -237,6 +238,24 @@ class Experiments:
     async def counters(self, store: str, version: int) -> dict[str, VariantStats]:
         """The experiment's counters per variant."""
         return parse_counters(await self._redis.hgetall(self._keys.experiment(store, version)))
+
+    async def shadow(self, store: str, version: int) -> dict[str, float | None]:
+        """A shadow canary's answers so far: how many, their mean overlap with the answers
+        served, and their mean and p99 latency."""
+        raw = await self._redis.hgetall(self._keys.experiment(store, version))
+        flat = {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
+        answers = flat.get(counter_field(SHADOW, "answers"), 0)
+        latency = tuple(flat.get(latency_field(SHADOW, b), 0) for b in (*LATENCY_BOUNDS_MS, None))
+        return {
+            "answers": answers,
+            "overlap": flat.get(counter_field(SHADOW, "overlap_ppm"), 0) / 1e6 / answers
+            if answers
+            else None,
+            "latency_ms": flat.get(counter_field(SHADOW, "latency_ms_sum"), 0) / answers
+            if answers
+            else None,
+            "p99_ms": VariantStats(latency=latency).p99_ms(),
+        }
 
     async def live_counters(self, store: str, version: int) -> VariantStats:
         """The counters of a version's control answers (all its answers while no canary runs)."""

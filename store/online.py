@@ -15,7 +15,15 @@ from redis.exceptions import RedisError, ResponseError
 from tandem.contracts.codec import decode
 from tandem.contracts.domain import I2I, POPULAR, U2I
 from tandem.store.connect import queue_script
-from tandem.store.experiments import CANARY, CONTROL, Canary
+from tandem.store.experiments import (
+    CANARY,
+    CONTROL,
+    SHADOW,
+    Canary,
+    counter_field,
+    latency_bound,
+    latency_field,
+)
 from tandem.store.keys import Keys
 from tandem.store.scripts import POINTERS, USER_READ
 
@@ -71,6 +79,7 @@ class RequestData:
     cache_tag: bytes
     versions: Versions
     assignment: Assignment = field(default_factory=Assignment)
+    shadow: int | None = None  # a u2i canary to compute beside the answer, never served
     cached: bytes | None = None
     u2i: tuple[list[str], list[float]] = EMPTY
     session: bytes | None = None
@@ -185,7 +194,28 @@ class OnlineReader:
         found = popular if popular is not None else fallback
         data.popular = EMPTY if found is None else decode(found)
         data.trending = {_text(item): float(score) for item, score in trend}
+        shadow = pointers.canaries[0]
+        if shadow is not None and shadow.shadow and expected.u2i is not None:
+            data.shadow = shadow.version
         return data
+
+    async def candidates(
+        self, store: str, version: int, entity: str
+    ) -> tuple[list[str], list[float]]:
+        """One entity's candidates in one version (a shadow canary's, off the answer's path)."""
+        raw = await self._redis.get(self._keys.entity(store, version, entity))
+        return decode(raw) if isinstance(raw, bytes) else EMPTY
+
+    async def record_shadow(self, version: int, overlap: float, took_ms: float) -> None:
+        """Count one shadow answer of a u2i canary: its overlap with the served answer and how
+        long it took (in the experiment's counters)."""
+        key = self._keys.experiment(U2I, version)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hincrby(key, counter_field(SHADOW, "answers"), 1)
+        pipe.hincrby(key, counter_field(SHADOW, "overlap_ppm"), round(overlap * 1_000_000))
+        pipe.hincrby(key, counter_field(SHADOW, "latency_ms_sum"), round(took_ms))
+        pipe.hincrby(key, latency_field(SHADOW, latency_bound(took_ms)), 1)
+        await pipe.execute()
 
     async def _read_once(
         self, expected: _Expected, variant: str, user: str, k: int, device: str, segment: str

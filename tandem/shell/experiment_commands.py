@@ -72,7 +72,13 @@ async def _overview(admin: VersionAdmin, settings: Settings, stores: list[str]) 
         body: dict[str, Any] = {"store": store, "canary": None}
         if canary is not None:
             stats = await admin.experiments.counters(store, canary.version)
-            body["canary"] = {"version": str(canary.version), "share": canary.share}
+            body["canary"] = {
+                "version": str(canary.version),
+                "share": canary.share,
+                "shadow": canary.shadow,
+            }
+            if canary.shadow:
+                body["shadow"] = await admin.experiments.shadow(store, canary.version)
             for variant in (CONTROL, CANARY):
                 s = stats[variant]
                 body[variant] = {**s.to_dict(), "ctr_interval": interval(s.click, s.impressions)}
@@ -103,6 +109,12 @@ def _text(body: dict[str, Any]) -> str:
     if body["canary"] is not None:
         canary = body["canary"]
         lines.append(f"  canary v{canary['version']} at {canary['share']:.2%}")
+        if canary["shadow"]:
+            shadow = body["shadow"]
+            lines.append(
+                f"    shadow: {shadow['answers']} answers, overlap with served "
+                f"{shadow['overlap']}, mean {shadow['latency_ms']} ms, p99 {shadow['p99_ms']} ms"
+            )
         for variant in ("control", "canary"):
             s = body[variant]
             low, high = s["ctr_interval"]

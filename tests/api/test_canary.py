@@ -176,3 +176,26 @@ async def test_the_guard_rolls_back_a_live_version_that_degrades(
     info = await admin.show(U2I, second)
     assert info.state is State.ROLLED_BACK
     assert info.reasons and info.reasons[0].startswith("guard: degraded share 0.225"), info.reasons
+
+
+async def test_a_shadow_canary_is_computed_and_compared_but_never_served(
+    client: Client, redis: Redis, keys: Keys, api_settings: Settings
+) -> None:
+    users = ["u" + uuid.uuid4().hex[:10] for _ in range(30)]
+    live, canary = await two_versions(redis, keys, users)
+    body = {"version": str(canary), "share": 1, "shadow": True}
+    started = await client.post("/v1/stores/u2i/canary", json=body, headers=ADMIN)
+    assert started.status == 200, await started.text()
+    for user in users:
+        answer = await (await client.get(f"/v1/recommendations/{user}?k=5")).json()
+        assert answer["variant"] == CONTROL and answer["versions"]["u2i"] == str(live)
+        assert {i["item_id"][0] for i in answer["items"]} == {"a"}
+    experiments = Admin(api_settings, redis).experiments
+
+    async def all_shadowed() -> dict[str, float | None] | None:
+        found = await experiments.shadow(U2I, canary)
+        return found if found["answers"] == len(users) else None
+
+    shadow = await wait_for(all_shadowed, timeout_s=10, what="every shadow answer")
+    assert shadow["overlap"] == 0.0  # the canary recommends other items
+    assert shadow["latency_ms"] is not None and shadow["p99_ms"] is not None
