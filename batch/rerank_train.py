@@ -126,7 +126,12 @@ def train(held_out: pd.DataFrame, serving: ServingState, seed: int = 0) -> Reran
     trending: dict[int, Counter[str]] = {}
     for hour, group in pd.Series(item_ids).groupby((held_out["ts"] // 3_600_000).to_numpy()):
         trending[code(hour)] = Counter(group.tolist())
-    groups = _groups(sessions, serving, trending)
+    return fit(_groups(sessions, serving, trending), seed)
+
+
+def fit(groups: list[tuple[np.ndarray, np.ndarray]], seed: int = 0) -> RerankerResult:
+    """A LambdaRank model on 70% of ``groups`` (features and graded labels of one list each,
+    in the order served), compared with that order on the other 30%."""
     if len(groups) < 20:
         return RerankerResult(None, 0.0, 0.0, len(groups))
     cut = int(len(groups) * 0.7)
@@ -157,7 +162,7 @@ def train(held_out: pd.DataFrame, serving: ServingState, seed: int = 0) -> Reran
         np.argsort(-np.asarray(model.predict(f, num_threads=THREADS)), kind="stable").tolist()
         for f, _ in hold
     ]
-    gains = [{int(n): 1.0 for n in np.flatnonzero(y)} for _, y in hold]
+    gains = [{int(n): float(y[n]) for n in np.flatnonzero(y)} for _, y in hold]
     return RerankerResult(
         model, ndcg_at(batch_ranked, gains, 10), ndcg_at(reranked, gains, 10), len(groups)
     )

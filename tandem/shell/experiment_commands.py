@@ -9,6 +9,7 @@ import click
 import orjson
 
 from tandem.contracts.ids import check_version
+from tandem.shell.batch_commands import batch
 from tandem.shell.clictx import run_until_signal, settings_of
 from tandem.shell.store_commands import _with_admin, versions
 
@@ -253,3 +254,42 @@ def summary(name: str, found: dict[str, Any]) -> str:
         )
     lines.extend(f"  why: {reason}" for reason in found["reasons"])
     return "\n".join(lines)
+
+
+@batch.command("rerank-from-logs")
+@click.option(
+    "--wait-s",
+    type=click.IntRange(1, 30 * 86400),
+    default=1800,
+    show_default=True,
+    help="How long after an impression its events count (younger impressions wait).",
+)
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    default=None,
+    help="Write the trained LightGBM model (text) here.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.pass_context
+def rerank_from_logs(ctx: click.Context, wait_s: int, out_path: Path | None, seed: int) -> None:
+    """Train the re-ranker from tandem.impressions joined with later events on tandem.events
+    (the features served, point-in-time labels), and replay held-out impressions to compare
+    it with the order served."""
+    import time
+
+    from tandem.batch.from_logs import read_logs, train_from_logs
+
+    impressions, events = read_logs(settings_of(ctx))
+    now_ms = time.time_ns() // 1_000_000
+    result = train_from_logs(impressions, events, wait_s * 1000, now_ms, seed)
+    click.echo(
+        f"{len(impressions)} impressions, {len(events)} events: {result.sessions} labelled lists; "
+        f"NDCG@10 served {result.ndcg_batch:.4f}, re-ranked {result.ndcg_rerank:.4f}"
+    )
+    if result.model is None:
+        raise click.ClickException("too few labelled impressions to train (20 lists needed)")
+    if out_path is not None:
+        out_path.write_text(result.model.model_to_string())
+        click.echo(f"model written to {out_path}")

@@ -54,6 +54,10 @@ class Spec:
     min_impressions: int = 300
     promote_after: int = 800
     decide_timeout_s: float = 120.0
+    # Health guards, generous: every process of the simulation shares this machine, and what is
+    # simulated is users' response (tests/api/test_canary.py checks the health guards).
+    max_degraded_share: float = 0.5
+    max_p99_ms: float = 5000.0
 
 
 def likes(user: int, item: int) -> bool:
@@ -83,8 +87,8 @@ def guarded(settings: Settings, spec: Spec) -> Settings:
     guard = GuardPolicy(
         min_impressions=spec.min_impressions,
         promote_after=spec.promote_after,
-        max_p99_ms=2500,
-        max_degraded_share=0.2,
+        max_p99_ms=spec.max_p99_ms,
+        max_degraded_share=spec.max_degraded_share,
     )
     stores = {**settings.stores, U2I: settings.stores[U2I].model_copy(update={"guard": guard})}
     return settings.model_copy(

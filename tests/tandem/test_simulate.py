@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
 
+from tandem.batch.from_logs import read_logs, train_from_logs
 from tandem.contracts.settings import Settings
 from tandem.shell.experiment_commands import summary
 from tandem.shell.simulate import Spec, simulate
@@ -28,3 +31,10 @@ async def test_the_guard_aborts_the_worse_canary_and_promotes_the_better(
     for found in (worse, better):
         assert min(found["impressions"].values()) >= spec.min_impressions
         assert found["decided_after_s"] is not None
+
+    # The re-ranker trains from what was logged on the real topics: the simulation's answers
+    # and the clicks that name them, labelled as of a time when every impression has matured.
+    impressions, events = await asyncio.to_thread(read_logs, settings)
+    wait_ms = 60_000
+    result = train_from_logs(impressions, events, wait_ms, time.time_ns() // 1_000_000 + wait_ms)
+    assert result.model is not None and result.sessions >= 200, result
