@@ -19,6 +19,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 from confluent_kafka import KafkaException
 
@@ -59,7 +60,7 @@ def record(impression: Impression) -> dict[str, Any]:
         matrix = build_features(
             impression.shown, impression.context, impression.categories, impression.trending
         )
-        rows = [[round(float(x), 6) for x in row] for row in matrix]
+        rows = np.round(matrix.astype(np.float64), 6).tolist()  # vectorized: off a hot loop
     items = [
         {**item, "position": i, **({"features": rows[i]} if i < len(rows) else {})}
         for i, item in enumerate(answer.get("items", []))
