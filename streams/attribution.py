@@ -104,11 +104,19 @@ class Attribution:
         finds an impression queued with it). Events whose impression is not there yet wait for
         it up to ``WAIT_FOR_IMPRESSION_S``."""
         impressions, self.impressions = self.impressions, []
-        if impressions:
-            await self._write_impressions(impressions)
+        try:
+            if impressions:
+                await self._write_impressions(impressions)
+        except BaseException:
+            self.impressions[:0] = impressions  # written again by the retry (counts may repeat)
+            raise
         events, self.events = self.events, []
-        if events:
-            self.events.extend(await self._attribute(events))
+        try:
+            waiting = await self._attribute(events) if events else []
+        except BaseException:
+            self.events[:0] = events
+            raise
+        self.events.extend(waiting)
 
     async def _write_impressions(self, found: list[tuple[Shown, dict[str, Any]]]) -> None:
         pipe = self.redis.pipeline(transaction=False)
