@@ -9,7 +9,7 @@ import time
 import uuid
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import orjson
@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 
 from tandem.api import metrics
 from tandem.api.exceptions import Unavailable
+from tandem.api.impressions import Impression, ImpressionLog
 from tandem.api.models import version_id
 from tandem.api.reranker import LightGBMReranker, Reranker, load_reranker
 from tandem.contracts.domain import I2I, POPULAR, U2I
@@ -34,9 +35,6 @@ from tandem.contracts.ranking import NO_SESSION, SessionView, merge
 from tandem.contracts.session import SessionState
 from tandem.store.exceptions import StoreError
 from tandem.store.online import Assignment, OnlineReader, RequestData, Versions
-
-if TYPE_CHECKING:
-    from tandem.api.impressions import Impression, ImpressionLog
 
 log = logging.getLogger(__name__)
 
@@ -207,8 +205,6 @@ class RecommendationService:
         """Offer the answer to the impression log (when there is one and it samples it)."""
         if self.impressions is None or not self.impressions.wants():
             return
-        from tandem.api.impressions import Impression
-
         took_ms = (time.perf_counter() - started) * 1000
         found: Impression = Impression(
             REQUEST_ID.get() or uuid.uuid4().hex,
