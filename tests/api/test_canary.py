@@ -10,6 +10,7 @@ import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from click.testing import CliRunner
 from redis.asyncio import Redis
 
 from tandem.contracts import topics
@@ -17,6 +18,8 @@ from tandem.contracts.domain import U2I
 from tandem.contracts.kafka import make_producer
 from tandem.contracts.settings import GuardPolicy, Settings
 from tandem.contracts.versions import State
+from tandem.shell.cli import main
+from tandem.shell.processes import environment
 from tandem.store.admin import VersionAdmin
 from tandem.store.experiments import CANARY, CONTROL, bucket
 from tandem.store.guards import Guard
@@ -123,7 +126,14 @@ async def test_the_guard_aborts_a_worse_canary_and_says_why(
     redis: Redis, keys: Keys, settings: Settings
 ) -> None:
     admin, live, canary = await with_two_versions(redis, keys, settings)
-    await admin.start_canary(U2I, canary, 0.5)
+    started = await asyncio.to_thread(  # the operator's command (it runs its own event loop)
+        CliRunner().invoke,
+        main,
+        ["versions", "canary", "u2i", str(canary), "--share", "50"],
+        env=environment(settings),
+    )
+    assert started.exit_code == 0, started.output
+    assert f"v{canary}: canary, served to 50.00% of users" in started.output
     guard = Guard(admin, {U2I: GuardPolicy(min_impressions=100, promote_after=0)})
     counters = keys.experiment(U2I, canary)
     await redis.hset(counters, mapping={"control:impressions": 50, "canary:impressions": 50})
