@@ -82,7 +82,11 @@ async def _overview(admin: VersionAdmin, settings: Settings, stores: list[str]) 
                 body["shadow"] = await admin.experiments.shadow(store, canary.version)
             for variant in (CONTROL, CANARY):
                 s = stats[variant]
-                body[variant] = {**s.to_dict(), "ctr_interval": interval(s.click, s.impressions)}
+                variants = body.setdefault("variants", {})
+                variants[variant] = {
+                    **s.to_dict(),
+                    "ctr_interval": interval(s.click, s.impressions),
+                }
         body["online"] = await admin.experiments.online(store)
         out.append(body)
     return out
@@ -117,7 +121,7 @@ def _text(body: dict[str, Any]) -> str:
                 f"{shadow['overlap']}, mean {shadow['latency_ms']} ms, p99 {shadow['p99_ms']} ms"
             )
         for variant in ("control", "canary"):
-            s = body[variant]
+            s = body["variants"][variant]
             low, high = s["ctr_interval"]
             lines.append(
                 f"    {variant:<8} {s['impressions']:>8} impressions  CTR {s['ctr']:.4f} "

@@ -209,3 +209,15 @@ async def test_a_shadow_canary_is_computed_and_compared_but_never_served(
     shadow = await wait_for(all_shadowed, timeout_s=10, what="every shadow answer")
     assert shadow["overlap"] == 0.0  # the canary recommends other items
     assert shadow["latency_ms"] is not None and shadow["p99_ms"] is not None
+    env = environment(api_settings)
+    outputs = []
+    for args in (["experiments", "show", "u2i"], ["experiments", "show", "u2i", "--json"]):
+        shown = await asyncio.to_thread(CliRunner().invoke, main, args, env=env)
+        assert shown.exit_code == 0, shown.output
+        outputs.append(shown.output)
+    assert f"canary v{canary} at 100.00%" in outputs[0]
+    assert f"shadow: {len(users)} answers, overlap with served 0.0" in outputs[0]
+    (body,) = orjson.loads(outputs[1])
+    assert body["canary"] == {"version": str(canary), "share": 1.0, "shadow": True}
+    assert body["shadow"]["answers"] == len(users)
+    assert body["variants"]["canary"]["impressions"] == 0  # a shadow serves nobody
