@@ -18,15 +18,16 @@ from confluent_kafka import KafkaException, Producer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from redis.exceptions import RedisError
 
-from tandem.api import console, handlers, metrics, models
+from tandem.api import console, handlers, hidden, metrics, models
 from tandem.api.exceptions import ApiError, BadRequest, Unavailable
-from tandem.api.keys import ADMIN, OUTCOME, PRODUCER, REDIS, SERVICE, SETTINGS
+from tandem.api.keys import ADMIN, HIDDEN, OUTCOME, PRODUCER, REDIS, SERVICE, SETTINGS
 from tandem.api.producer import AsyncProducer
 from tandem.api.service import Budget, RecommendationService
 from tandem.contracts.logctx import REQUEST_ID
 from tandem.contracts.settings import Settings
 from tandem.store.admin import VersionAdmin
 from tandem.store.connect import connect
+from tandem.store.hidden import HiddenItems
 from tandem.store.keys import Keys
 from tandem.store.online import OnlineReader
 
@@ -238,7 +239,14 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
         settings.api_deadline_ms, settings.api_redis_timeout_ms, settings.api_cache_ttl_s
     )
     app[REDIS] = redis
-    app[SERVICE] = RecommendationService(OnlineReader(redis, keys), budget, executor)
+    app[HIDDEN] = HiddenItems(redis, keys)
+    app[SERVICE] = RecommendationService(
+        OnlineReader(redis, keys),
+        budget,
+        executor,
+        seen_types=settings.excluded_types(),
+        hidden_items=app[HIDDEN],
+    )
     app[PRODUCER] = AsyncProducer(settings, asyncio.get_running_loop())
     # Lifecycle records go through the current producer, whichever that is after a recreation.
     app[ADMIN] = VersionAdmin(settings, redis, cast(Producer, app[PRODUCER].announcer))
@@ -264,4 +272,5 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/metrics", prometheus)
     app.router.add_get("/openapi.json", handlers.openapi)
     console.register(app)
+    hidden.register(app)
     return app

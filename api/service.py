@@ -18,7 +18,8 @@ from tandem.api import metrics
 from tandem.api.exceptions import Unavailable
 from tandem.api.models import version_id
 from tandem.api.reranker import LightGBMReranker, Reranker, load_reranker
-from tandem.contracts.domain import I2I, POPULAR, U2I
+from tandem.api.rules import NOTHING, Excluded, HiddenSet, seen
+from tandem.contracts.domain import EXCLUDED_EVENTS, I2I, POPULAR, U2I
 from tandem.contracts.exceptions import ValidationError
 from tandem.contracts.features import (
     FROM_I2I,
@@ -31,6 +32,7 @@ from tandem.contracts.features import (
 from tandem.contracts.ranking import NO_SESSION, SessionView, merge
 from tandem.contracts.session import SessionState
 from tandem.store.exceptions import StoreError
+from tandem.store.hidden import HiddenItems
 from tandem.store.online import OnlineReader, RequestData, Versions
 
 log = logging.getLogger(__name__)
@@ -74,8 +76,19 @@ def _sources(mask: int) -> list[str]:
 class RecommendationService:
     """Everything one API process needs to answer ``GET /v1/recommendations/{user}``."""
 
-    def __init__(self, reader: OnlineReader, budget: Budget, executor: Executor) -> None:
+    def __init__(
+        self,
+        reader: OnlineReader,
+        budget: Budget,
+        executor: Executor,
+        *,
+        seen_types: frozenset[str] = EXCLUDED_EVENTS,
+        hidden_items: HiddenItems | None = None,
+    ) -> None:
         self._reader = reader
+        self._seen_types = seen_types  # session items of these event types are not recommended
+        self._hidden_items = hidden_items  # where the items hidden from every answer are read
+        self.hidden = HiddenSet()
         self._budget = budget
         self._executor = executor
         self._rerankers: dict[int | None, Reranker] = {None: load_reranker(None, 0)}
@@ -85,16 +98,22 @@ class RecommendationService:
         self._observed: Versions | None = None
         self._loading: dict[int, asyncio.Future[Reranker | None]] = {}
 
-    async def recommend(self, user: str, k: int, device: str | None) -> Answer:
-        """The JSON answer for ``user``; degraded (never late) when the budget runs out."""
+    async def recommend(
+        self, user: str, k: int, device: str | None, exclude: frozenset[str] = NOTHING
+    ) -> Answer:
+        """The JSON answer for ``user``, without the items of ``exclude`` (such an answer is
+        neither read from nor written to the cache); degraded (never late) when the budget runs
+        out."""
         started = time.perf_counter()
         deadline = started + self._budget.deadline_ms / 1000
         segment = f"device:{device}" if device else "global"
         try:
             async with asyncio.timeout(self._redis_timeout(deadline)):  # no task, unlike wait_for
-                data = await self._reader.read(user, k, device or "any", segment)
+                data = await self._reader.read(
+                    user, k, device or "any", segment, use_cache=not exclude
+                )
         except (RedisError, OSError, TimeoutError, StoreError) as e:
-            return self._from_snapshot(user, k, segment, started, e)
+            return self._from_snapshot(user, k, segment, started, e, exclude)
         if data.cached is not None:
             metrics.CACHE_HITS.inc()
             return Answer(_envelope(data.cached, cached=True, started=started), "cached")
@@ -103,10 +122,16 @@ class RecommendationService:
         if data.versions != self._observed:  # the gauges move only at a cutover
             _observe(data.versions)
             self._observed = data.versions
+        cacheable = await self._sync_hidden(data.hidden_version, deadline) and not exclude
         session, session_device = _session(data.session)
         similar = await self._similar(data, session, deadline)
+        mine = seen(session, self._seen_types) | exclude | data.user_hidden
         candidates = merge(
-            data.u2i, similar, data.popular, session.excluded, want=max(3 * k, MIN_CANDIDATES)
+            data.u2i,
+            similar,
+            data.popular,
+            Excluded(mine, self.hidden.items),
+            want=max(3 * k, MIN_CANDIDATES),
         )
         context = Context(
             int(time.time() * 1000), device or session_device, session.affinity, session.events
@@ -126,10 +151,21 @@ class RecommendationService:
         core = _core(
             user, items, data.versions, reranker.name, degraded, "deadline" if degraded else None
         )
-        if not degraded:
+        if not degraded and cacheable:
             self._cache(data, core)
         body = _envelope(core, cached=False, started=started)
         return Answer(body, "degraded" if degraded else "ok")
+
+    async def _sync_hidden(self, version: str, deadline: float) -> bool:
+        """Whether this process's copy of the hidden items is at least as new as ``version``
+        (reloaded when it is not); an answer made with a stale copy is not cached."""
+        if self._hidden_items is None:
+            return True
+        try:
+            async with asyncio.timeout(self._redis_timeout(deadline)):
+                return await self.hidden.sync(version, self._hidden_items.items)
+        except TimeoutError:
+            return False
 
     def _redis_timeout(self, deadline: float) -> float:
         left = max(0.0, deadline - time.perf_counter())
@@ -232,7 +268,13 @@ class RecommendationService:
             return reranker.score(build_features(candidates, context, self.categories, trending))
 
     def _from_snapshot(
-        self, user: str, k: int, segment: str, started: float, error: BaseException
+        self,
+        user: str,
+        k: int,
+        segment: str,
+        started: float,
+        error: BaseException,
+        exclude: frozenset[str],
     ) -> Answer:
         popular = self.snapshot.get(segment) or self.snapshot.get("global")
         if popular is None:
@@ -240,9 +282,11 @@ class RecommendationService:
                 "Redis is unreachable and no popular items are cached yet; retry shortly"
             ) from error
         metrics.DEGRADED.labels("redis").inc()
+        excluded = Excluded(exclude, self.hidden.items)
         items = [
             {"item_id": i, "score": round(s, 6), "sources": [POPULAR]}
             for i, s in zip(*popular, strict=True)
+            if i not in excluded
         ][:k]
         core = _core(user, items, Versions(None, None, None), "none", True, "redis unavailable")
         return Answer(_envelope(core, cached=False, started=started), "degraded")

@@ -50,6 +50,8 @@ class RequestData:
     session: bytes | None = None
     popular: tuple[list[str], list[float]] = EMPTY
     trending: dict[str, float] = field(default_factory=dict)
+    hidden_version: str = "0"  # of the items hidden from every answer (store/hidden.py)
+    user_hidden: frozenset[str] = frozenset()  # the items this user hid
 
 
 def _int(raw: bytes | str | None) -> int | None:
@@ -99,16 +101,21 @@ class OnlineReader:
         self._keys = keys
         self._expected = _Expected()
         self._pointers = [keys.live(U2I), keys.live(I2I), keys.live(POPULAR), keys.global_epoch()]
+        self._pointers.append(keys.hidden_version())  # read with them: a hide counts at once
         self._unsent: list[tuple[str, bytes, int]] = []  # answers to cache: (key, value, ttl_s)
         self._flushing: asyncio.Task[None] | None = None
         self._paused_until = 0.0  # no caching before (monotonic s): Redis refused a cache write
 
-    async def read(self, user: str, k: int, device: str, segment: str) -> RequestData:
-        """Versions, epochs and the cached answer, or the inputs of a fresh answer."""
+    async def read(
+        self, user: str, k: int, device: str, segment: str, *, use_cache: bool = True
+    ) -> RequestData:
+        """Versions, epochs and the cached answer (unless ``use_cache`` is false), or the inputs
+        of a fresh answer."""
+        cache_key = self._keys.cache(user, k, device) if use_cache else self._keys.uncached(user)
         for attempt in range(MAX_ATTEMPTS):
             expected = self._expected
-            meta, mine, popular, fallback, trend = await self._read_once(
-                expected, user, k, device, segment
+            meta, mine, popular, fallback, trend, hidden = await self._read_once(
+                expected, user, cache_key, segment
             )
             seen = _Expected(_int(meta[0]), _int(meta[1]), _int(meta[2]), _text(meta[3] or b"0"))
             self._expected = seen
@@ -126,7 +133,8 @@ class OnlineReader:
                 )
                 break
         versions = Versions(expected.u2i, expected.i2i, expected.popular)
-        data = RequestData(self._keys.cache(user, k, device), _bytes(mine[1]), versions)
+        data = RequestData(cache_key, _bytes(mine[1]), versions)
+        data.hidden_version = _text(meta[4] or b"0")
         if mine[0] == CACHED:
             data.cached = mine[2]
             return data
@@ -135,10 +143,11 @@ class OnlineReader:
         found = popular if popular is not None else fallback
         data.popular = EMPTY if found is None else decode(found)
         data.trending = {_text(item): float(score) for item, score in trend}
+        data.user_hidden = frozenset(_text(item) for item in hidden)
         return data
 
     async def _read_once(
-        self, expected: _Expected, user: str, k: int, device: str, segment: str
+        self, expected: _Expected, user: str, cache_key: str, segment: str
     ) -> list[Any]:
         keys = self._keys
         pipe = self._redis.pipeline(transaction=False)
@@ -149,7 +158,7 @@ class OnlineReader:
         queue_script(
             pipe,
             USER_READ,
-            [keys.epoch(user), keys.cache(user, k, device), keys.session(user), u2i],
+            [keys.epoch(user), cache_key, keys.session(user), u2i],
             [expected.tag(), "0" if expected.u2i is None else "1"],
         )
         if expected.popular is None:
@@ -159,6 +168,7 @@ class OnlineReader:
             pipe.get(keys.entity(POPULAR, expected.popular, segment))
             pipe.get(keys.entity(POPULAR, expected.popular, GLOBAL))
         pipe.zrevrange(keys.trending(segment), 0, TRENDING_TOP - 1, withscores=True)
+        pipe.smembers(keys.user_hidden(user))
         writes, self._unsent = self._unsent, []
         for key, value, ttl_s in writes:  # answers cached since the last round trip ride along
             pipe.set(key, value, ex=ttl_s)
@@ -175,11 +185,11 @@ class OnlineReader:
                 CACHE_PAUSE_S,
             )
             self._paused_until = time.monotonic() + CACHE_PAUSE_S
-            return await self._read_once(expected, user, k, device, segment)
-        meta, mine, popular, fallback, trend = replies[:5]
+            return await self._read_once(expected, user, cache_key, segment)
+        meta, mine, popular, fallback, trend, hidden = replies[:6]
         if expected.popular is None:
             popular = fallback = None
-        return [meta, mine, popular, fallback if segment != GLOBAL else None, trend]
+        return [meta, mine, popular, fallback if segment != GLOBAL else None, trend, hidden]
 
     async def similar(
         self, version: int, items: list[str]
