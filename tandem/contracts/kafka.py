@@ -132,7 +132,8 @@ def create_topics(client: AdminClient, wanted: list[NewTopic], timeout_s: float 
 
 
 def ensure_base_topics(settings: Settings) -> None:
-    """Create tandem's fixed topics: events, versions (compacted) and the dead-letter topic."""
+    """Create tandem's fixed topics: events, versions and hidden items (both compacted) and the
+    dead-letter topic."""
     create_topics(
         admin(settings),
         [
@@ -144,5 +145,8 @@ def ensure_base_topics(settings: Settings) -> None:
                 config={"cleanup.policy": "compact"},
             ),
             NewTopic(topics.DLQ, 1, settings.replication_factor),
+            NewTopic(
+                topics.HIDDEN, 1, settings.replication_factor, config={"cleanup.policy": "compact"}
+            ),
         ],
     )

@@ -9,6 +9,7 @@ from tandem.contracts.ids import check_store, check_version
 EVENTS = "tandem.events"
 VERSIONS = "tandem.versions"
 DLQ = "tandem.dlq"
+HIDDEN = "tandem.hidden"  # an operator's hides (tandem/contracts/hidden.py), compacted
 
 VERSION_TOPIC_PREFIX = "tandem.store."
 _VERSION_TOPIC_RE = re.compile(r"tandem\.store\.([a-z][a-z0-9_]{0,31})\.v([0-9]{1,20})")

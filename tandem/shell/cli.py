@@ -11,6 +11,7 @@ import click
 from tandem.contracts.exceptions import ConfigError, TandemError
 from tandem.shell.batch_commands import batch, data, publish
 from tandem.shell.clictx import broker_option, brokers_option, settings_of
+from tandem.shell.item_commands import items
 from tandem.shell.store_commands import materialize, replay, versions
 from tandem.shell.stream_commands import events, worker
 
@@ -218,5 +219,5 @@ def demo(
     run(setup, settings_of(ctx).state_dir)
 
 
-for _command in (batch, data, events, materialize, publish, replay, versions, worker):
+for _command in (batch, data, events, items, materialize, publish, replay, versions, worker):
     main.add_command(_command)
