@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -42,6 +43,7 @@ _REQUEST_ID_RE = re.compile(models.REQUEST_ID_PATTERN)
 CORS_ALLOWED_HEADERS = "Authorization, Content-Type, X-Request-ID"
 CORS_EXPOSED_HEADERS = "X-Request-ID, Retry-After, WWW-Authenticate"
 CORS_MAX_AGE_S = 600
+HIDDEN_REFRESH_S = 0.5  # how stale the hidden items may be in a process no request reaches
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -250,7 +252,11 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
     app[PRODUCER] = AsyncProducer(settings, asyncio.get_running_loop())
     # Lifecycle records go through the current producer, whichever that is after a recreation.
     app[ADMIN] = VersionAdmin(settings, redis, cast(Producer, app[PRODUCER].announcer))
+    refresher = asyncio.ensure_future(app[SERVICE].refresh_hidden(HIDDEN_REFRESH_S))
     yield
+    refresher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await refresher
     await app[SERVICE].drain()
     await asyncio.to_thread(app[PRODUCER].close)
     executor.shutdown(wait=False, cancel_futures=True)

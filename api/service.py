@@ -167,6 +167,19 @@ class RecommendationService:
         except TimeoutError:
             return False
 
+    async def refresh_hidden(self, every_s: float) -> None:
+        """Keep the copy of the hidden items current while no request comes (the fallback
+        snapshot, served while Redis is down, is filtered with it); runs until cancelled."""
+        if self._hidden_items is None:
+            return
+        while True:
+            try:
+                version = await asyncio.wait_for(self._hidden_items.version(), every_s)
+                await self.hidden.sync(version, self._hidden_items.items)
+            except (RedisError, OSError, TimeoutError) as e:
+                log.debug("hidden items not refreshed: %r", e)
+            await asyncio.sleep(every_s)
+
     def _redis_timeout(self, deadline: float) -> float:
         left = max(0.0, deadline - time.perf_counter())
         return min(left, self._budget.redis_timeout_ms / 1000)

@@ -75,6 +75,11 @@ class HiddenItems:
             raise HiddenFull(f"{limit} items are hidden already; unhide some before hiding more")
         return changed == 1
 
+    async def version(self) -> str:
+        """The version of the set of items hidden from all answers ("0" before any hide)."""
+        raw = await self._redis.get(self._keys.hidden_version())
+        return "0" if raw is None else _text(raw)
+
     async def items(self) -> set[str]:
         """Every item hidden from all answers."""
         return {_text(raw) for raw in await self._redis.smembers(self._keys.hidden())}
