@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import re
@@ -252,11 +251,11 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
     app[PRODUCER] = AsyncProducer(settings, asyncio.get_running_loop())
     # Lifecycle records go through the current producer, whichever that is after a recreation.
     app[ADMIN] = VersionAdmin(settings, redis, cast(Producer, app[PRODUCER].announcer))
-    refresher = asyncio.ensure_future(app[SERVICE].refresh_hidden(HIDDEN_REFRESH_S))
+    stop_refresh = asyncio.Event()
+    refresher = asyncio.ensure_future(app[SERVICE].refresh_hidden(HIDDEN_REFRESH_S, stop_refresh))
     yield
-    refresher.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await refresher
+    stop_refresh.set()
+    await refresher
     await app[SERVICE].drain()
     await asyncio.to_thread(app[PRODUCER].close)
     executor.shutdown(wait=False, cancel_futures=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import time
@@ -167,18 +168,20 @@ class RecommendationService:
         except TimeoutError:
             return False
 
-    async def refresh_hidden(self, every_s: float) -> None:
+    async def refresh_hidden(self, every_s: float, stop: asyncio.Event) -> None:
         """Keep the copy of the hidden items current while no request comes (the fallback
-        snapshot, served while Redis is down, is filtered with it); runs until cancelled."""
+        snapshot, served while Redis is down, is filtered with it), until ``stop`` is set.
+        A read under way is never cancelled: that could leave a connection half-read."""
         if self._hidden_items is None:
             return
-        while True:
+        while not stop.is_set():
             try:
-                version = await asyncio.wait_for(self._hidden_items.version(), every_s)
+                version = await self._hidden_items.version()
                 await self.hidden.sync(version, self._hidden_items.items)
-            except (RedisError, OSError, TimeoutError) as e:
+            except (RedisError, OSError) as e:
                 log.debug("hidden items not refreshed: %r", e)
-            await asyncio.sleep(every_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every_s)
 
     def _redis_timeout(self, deadline: float) -> float:
         left = max(0.0, deadline - time.perf_counter())
