@@ -19,7 +19,7 @@ from tandem.api import metrics
 from tandem.api.exceptions import Unavailable
 from tandem.api.models import version_id
 from tandem.api.reranker import LightGBMReranker, Reranker, load_reranker
-from tandem.api.rules import NOTHING, Excluded, HiddenSet, seen
+from tandem.api.rules import NOTHING, HiddenSet, excluding, seen
 from tandem.contracts.domain import EXCLUDED_EVENTS, I2I, POPULAR, U2I
 from tandem.contracts.exceptions import ValidationError
 from tandem.contracts.features import (
@@ -131,7 +131,7 @@ class RecommendationService:
             data.u2i,
             similar,
             data.popular,
-            Excluded(mine, self.hidden.items),
+            excluding(mine, self.hidden.items),
             want=max(3 * k, MIN_CANDIDATES),
         )
         context = Context(
@@ -160,7 +160,7 @@ class RecommendationService:
     async def _sync_hidden(self, version: str, deadline: float) -> bool:
         """Whether this process's copy of the hidden items is at least as new as ``version``
         (reloaded when it is not); an answer made with a stale copy is not cached."""
-        if self._hidden_items is None:
+        if self._hidden_items is None or self.hidden.current(version):
             return True
         try:
             async with asyncio.timeout(self._redis_timeout(deadline)):
@@ -298,7 +298,7 @@ class RecommendationService:
                 "Redis is unreachable and no popular items are cached yet; retry shortly"
             ) from error
         metrics.DEGRADED.labels("redis").inc()
-        excluded = Excluded(exclude, self.hidden.items)
+        excluded = excluding(exclude, self.hidden.items)
         items = [
             {"item_id": i, "score": round(s, 6), "sources": [POPULAR]}
             for i, s in zip(*popular, strict=True)

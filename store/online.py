@@ -114,7 +114,7 @@ class OnlineReader:
         cache_key = self._keys.cache(user, k, device) if use_cache else self._keys.uncached(user)
         for attempt in range(MAX_ATTEMPTS):
             expected = self._expected
-            meta, mine, popular, fallback, trend, hidden = await self._read_once(
+            meta, mine, popular, fallback, trend = await self._read_once(
                 expected, user, cache_key, segment
             )
             seen = _Expected(_int(meta[0]), _int(meta[1]), _int(meta[2]), _text(meta[3] or b"0"))
@@ -143,7 +143,8 @@ class OnlineReader:
         found = popular if popular is not None else fallback
         data.popular = EMPTY if found is None else decode(found)
         data.trending = {_text(item): float(score) for item, score in trend}
-        data.user_hidden = frozenset(_text(item) for item in hidden)
+        if mine[4]:
+            data.user_hidden = frozenset(_text(item) for item in mine[4])
         return data
 
     async def _read_once(
@@ -158,7 +159,7 @@ class OnlineReader:
         queue_script(
             pipe,
             USER_READ,
-            [keys.epoch(user), cache_key, keys.session(user), u2i],
+            [keys.epoch(user), cache_key, keys.session(user), u2i, keys.user_hidden(user)],
             [expected.tag(), "0" if expected.u2i is None else "1"],
         )
         if expected.popular is None:
@@ -168,7 +169,6 @@ class OnlineReader:
             pipe.get(keys.entity(POPULAR, expected.popular, segment))
             pipe.get(keys.entity(POPULAR, expected.popular, GLOBAL))
         pipe.zrevrange(keys.trending(segment), 0, TRENDING_TOP - 1, withscores=True)
-        pipe.smembers(keys.user_hidden(user))
         writes, self._unsent = self._unsent, []
         for key, value, ttl_s in writes:  # answers cached since the last round trip ride along
             pipe.set(key, value, ex=ttl_s)
@@ -186,10 +186,10 @@ class OnlineReader:
             )
             self._paused_until = time.monotonic() + CACHE_PAUSE_S
             return await self._read_once(expected, user, cache_key, segment)
-        meta, mine, popular, fallback, trend, hidden = replies[:6]
+        meta, mine, popular, fallback, trend = replies[:5]
         if expected.popular is None:
             popular = fallback = None
-        return [meta, mine, popular, fallback if segment != GLOBAL else None, trend, hidden]
+        return [meta, mine, popular, fallback if segment != GLOBAL else None, trend]
 
     async def similar(
         self, version: int, items: list[str]

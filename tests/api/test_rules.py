@@ -4,6 +4,7 @@ per-user hides, and the fallback snapshot served while Redis is down."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -16,10 +17,12 @@ from redis.asyncio import Redis
 
 from tandem.api.app import create_app
 from tandem.api.keys import SERVICE
+from tandem.api.rules import HiddenSet, parse_exclude
+from tandem.contracts.domain import EVENT_TYPES
 from tandem.contracts.exceptions import ConfigError
 from tandem.contracts.schemas import Event
 from tandem.contracts.session import SessionPolicy, update
-from tandem.contracts.settings import Settings
+from tandem.contracts.settings import Settings, excluded_event_types
 from tandem.shell import devservices
 from tandem.store.keys import Keys
 from tests.api.conftest import put_version
@@ -209,3 +212,50 @@ async def test_the_fallback_snapshot_obeys_the_rules_too(
             assert ids(body) == ["p0", "p2", "p3"]
     finally:
         devservices.stop(own.pid)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (None, frozenset()),
+        ("i1", frozenset({"i1"})),
+        ("i1,i2,i1", frozenset({"i1", "i2"})),
+        (",".join(f"x{n}" for n in range(100)), frozenset(f"x{n}" for n in range(100))),
+    ],
+)
+def test_exclude_parses_up_to_100_ids(raw: str | None, expected: frozenset[str]) -> None:
+    assert parse_exclude(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("all", frozenset(EVENT_TYPES)),
+        ("none", frozenset()),
+        ("", frozenset()),
+        ("click, view", frozenset({"click", "view"})),
+    ],
+)
+def test_exclude_seen_setting(text: str, expected: frozenset[str]) -> None:
+    assert excluded_event_types(text) == expected
+
+
+async def test_the_hidden_copy_reloads_once_per_version_and_keeps_the_newest() -> None:
+    loads: list[int] = []
+
+    async def load() -> set[str]:
+        loads.append(1)
+        await asyncio.sleep(0)
+        return {f"h{len(loads)}"}
+
+    copy = HiddenSet()
+    assert all(await asyncio.gather(*(copy.sync("3", load) for _ in range(5))))
+    assert (copy.version, copy.items, len(loads)) == (3, frozenset({"h1"}), 1)
+    assert await copy.sync("2", load)  # older than the copy: nothing to do
+    assert len(loads) == 1
+
+    async def failing() -> set[str]:
+        raise ConnectionError("down")
+
+    assert not await copy.sync("4", failing)  # stale: the caller does not cache its answer
+    assert copy.items == frozenset({"h1"})
