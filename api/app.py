@@ -18,16 +18,17 @@ from confluent_kafka import KafkaException, Producer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from redis.exceptions import RedisError
 
-from tandem.api import console, handlers, metrics, models
+from tandem.api import console, handlers, hidden, metrics, models
 from tandem.api.exceptions import ApiError, BadRequest, Unavailable
 from tandem.api.impressions import ImpressionLog
-from tandem.api.keys import ADMIN, OUTCOME, PRODUCER, REDIS, SERVICE, SETTINGS
+from tandem.api.keys import ADMIN, HIDDEN, OUTCOME, PRODUCER, REDIS, SERVICE, SETTINGS
 from tandem.api.producer import AsyncProducer
 from tandem.api.service import Budget, RecommendationService
 from tandem.contracts.logctx import REQUEST_ID
 from tandem.contracts.settings import Settings
 from tandem.store.admin import VersionAdmin
 from tandem.store.connect import connect
+from tandem.store.hidden import HiddenItems
 from tandem.store.keys import Keys
 from tandem.store.online import OnlineReader
 
@@ -42,6 +43,7 @@ _REQUEST_ID_RE = re.compile(models.REQUEST_ID_PATTERN)
 CORS_ALLOWED_HEADERS = "Authorization, Content-Type, X-Request-ID"
 CORS_EXPOSED_HEADERS = "X-Request-ID, Retry-After, WWW-Authenticate"
 CORS_MAX_AGE_S = 600
+HIDDEN_REFRESH_S = 0.5  # how stale the hidden items may be in a process no request reaches
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -239,7 +241,14 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
         settings.api_deadline_ms, settings.api_redis_timeout_ms, settings.api_cache_ttl_s
     )
     app[REDIS] = redis
-    app[SERVICE] = RecommendationService(OnlineReader(redis, keys), budget, executor)
+    app[HIDDEN] = HiddenItems(redis, keys)
+    app[SERVICE] = RecommendationService(
+        OnlineReader(redis, keys),
+        budget,
+        executor,
+        seen_types=settings.excluded_types(),
+        hidden_items=app[HIDDEN],
+    )
     app[PRODUCER] = AsyncProducer(settings, asyncio.get_running_loop())
     impressions = ImpressionLog(
         app[PRODUCER], settings.impressions_sample, settings.impressions_buffer
@@ -249,7 +258,11 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
         app[SERVICE].impressions = impressions
     # Lifecycle records go through the current producer, whichever that is after a recreation.
     app[ADMIN] = VersionAdmin(settings, redis, cast(Producer, app[PRODUCER].announcer))
+    stop_refresh = asyncio.Event()
+    refresher = asyncio.ensure_future(app[SERVICE].refresh_hidden(HIDDEN_REFRESH_S, stop_refresh))
     yield
+    stop_refresh.set()
+    await refresher
     await app[SERVICE].drain()
     await impressions.close()
     await asyncio.to_thread(app[PRODUCER].close)
@@ -275,4 +288,5 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/metrics", prometheus)
     app.router.add_get("/openapi.json", handlers.openapi)
     console.register(app)
+    hidden.register(app)
     return app

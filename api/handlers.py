@@ -23,6 +23,7 @@ from tandem.api.exceptions import (
 from tandem.api.keys import ADMIN, OUTCOME, PRODUCER, REDIS, SERVICE, SETTINGS
 from tandem.api.openapi import document_bytes
 from tandem.api.producer import AsyncProducer
+from tandem.api.rules import parse_exclude
 from tandem.contracts.domain import DEVICES
 from tandem.contracts.exceptions import ValidationError
 from tandem.contracts.ids import check_id, check_store, check_version
@@ -60,12 +61,13 @@ def _device(request: web.Request) -> str | None:
 
 
 async def recommendations(request: web.Request) -> web.Response:
-    """GET /v1/recommendations/{user_id}?k=20&device=mobile"""
+    """GET /v1/recommendations/{user_id}?k=20&device=mobile&exclude=i1,i2"""
     try:
         user = check_id(request.match_info["user_id"], "user_id")
     except ValidationError as e:
         raise BadRequest(str(e), field="user_id") from e
-    answer = await request.app[SERVICE].recommend(user, _k(request), _device(request))
+    exclude = parse_exclude(request.query.get("exclude"))
+    answer = await request.app[SERVICE].recommend(user, _k(request), _device(request), exclude)
     request[OUTCOME] = answer.outcome
     return web.Response(body=answer.body, content_type="application/json")
 

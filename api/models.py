@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tandem.api.rules import EXCLUDE_PATTERN, MAX_EXCLUDE, MAX_EXCLUDE_CHARS
 from tandem.contracts.domain import Device
 from tandem.contracts.ids import ID_MAX_LEN
 from tandem.contracts.schemas import ID_PATTERN, EventBody
@@ -43,6 +44,13 @@ class RecommendationsQuery(Model):
 
     k: int = Field(DEFAULT_K, ge=1, le=MAX_K, description="how many items")
     device: Device | None = Field(None, description="the device asking (a re-ranking feature)")
+    exclude: str | None = Field(
+        None,
+        pattern=EXCLUDE_PATTERN,
+        max_length=MAX_EXCLUDE_CHARS,
+        description=f"up to {MAX_EXCLUDE} comma-separated item ids not to recommend (such an "
+        "answer is not cached)",
+    )
 
 
 class Item(Model):

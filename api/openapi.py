@@ -229,10 +229,10 @@ def document_bytes() -> bytes:
 
 def document() -> dict[str, Any]:
     """The whole OpenAPI document."""
-    from tandem.api import console  # the console's module imports this one
+    from tandem.api import console, hidden  # their modules import this one
 
     paths: dict[str, Any] = {}
-    for op in [*_operations(), *console.operations()]:
+    for op in [*_operations(), *console.operations(), *hidden.operations()]:
         paths.setdefault(op.path, {})[op.method] = _path_item(op)
     return {
         "openapi": "3.1.0",
@@ -247,7 +247,7 @@ def document() -> dict[str, Any]:
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": _schemas(console.MODELS),
+            "schemas": _schemas((*console.MODELS, *hidden.MODELS)),
         },
         "paths": paths,
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import time
@@ -20,7 +21,8 @@ from tandem.api.exceptions import Unavailable
 from tandem.api.impressions import Impression, ImpressionLog
 from tandem.api.models import version_id
 from tandem.api.reranker import LightGBMReranker, Reranker, load_reranker
-from tandem.contracts.domain import I2I, POPULAR, U2I
+from tandem.api.rules import NOTHING, HiddenSet, excluding, seen
+from tandem.contracts.domain import EXCLUDED_EVENTS, I2I, POPULAR, U2I
 from tandem.contracts.exceptions import ValidationError
 from tandem.contracts.features import (
     FROM_I2I,
@@ -34,6 +36,7 @@ from tandem.contracts.logctx import REQUEST_ID
 from tandem.contracts.ranking import NO_SESSION, SessionView, merge
 from tandem.contracts.session import SessionState
 from tandem.store.exceptions import StoreError
+from tandem.store.hidden import HiddenItems
 from tandem.store.online import Assignment, OnlineReader, RequestData, Versions
 
 log = logging.getLogger(__name__)
@@ -78,8 +81,19 @@ def _sources(mask: int) -> list[str]:
 class RecommendationService:
     """Everything one API process needs to answer ``GET /v1/recommendations/{user}``."""
 
-    def __init__(self, reader: OnlineReader, budget: Budget, executor: Executor) -> None:
+    def __init__(
+        self,
+        reader: OnlineReader,
+        budget: Budget,
+        executor: Executor,
+        *,
+        seen_types: frozenset[str] = EXCLUDED_EVENTS,
+        hidden_items: HiddenItems | None = None,
+    ) -> None:
         self._reader = reader
+        self._seen_types = seen_types  # session items of these event types are not recommended
+        self._hidden_items = hidden_items  # where the items hidden from every answer are read
+        self.hidden = HiddenSet()
         self._budget = budget
         self._executor = executor
         self._rerankers: dict[int | None, Reranker] = {None: load_reranker(None, 0)}
@@ -92,16 +106,22 @@ class RecommendationService:
         self.impressions: ImpressionLog | None = None
         self._shadows: set[asyncio.Future[None]] = set()
 
-    async def recommend(self, user: str, k: int, device: str | None) -> Answer:
-        """The JSON answer for ``user``; degraded (never late) when the budget runs out."""
+    async def recommend(
+        self, user: str, k: int, device: str | None, exclude: frozenset[str] = NOTHING
+    ) -> Answer:
+        """The JSON answer for ``user``, without the items of ``exclude`` (such an answer is
+        neither read from nor written to the cache); degraded (never late) when the budget runs
+        out."""
         started = time.perf_counter()
         deadline = started + self._budget.deadline_ms / 1000
         segment = f"device:{device}" if device else "global"
         try:
             async with asyncio.timeout(self._redis_timeout(deadline)):  # no task, unlike wait_for
-                data = await self._reader.read(user, k, device or "any", segment)
+                data = await self._reader.read(
+                    user, k, device or "any", segment, use_cache=not exclude
+                )
         except (RedisError, OSError, TimeoutError, StoreError) as e:
-            return self._from_snapshot(user, k, segment, started, e)
+            return self._from_snapshot(user, k, segment, started, e, exclude)
         metrics.VARIANTS.labels(data.assignment.variant).inc()
         if data.cached is not None:
             metrics.CACHE_HITS.inc()
@@ -112,10 +132,13 @@ class RecommendationService:
         if data.versions != self._observed and not data.assignment.canaries:  # at a cutover
             _observe(data.versions)
             self._observed = data.versions
+        cacheable = await self._sync_hidden(data.hidden_version, deadline) and not exclude
         session, session_device = _session(data.session)
         similar = await self._similar(data, session, deadline)
+        mine = seen(session, self._seen_types) | exclude | data.user_hidden
+        excluded = excluding(mine, self.hidden.items)
         candidates = merge(
-            data.u2i, similar, data.popular, session.excluded, want=max(3 * k, MIN_CANDIDATES)
+            data.u2i, similar, data.popular, excluded, want=max(3 * k, MIN_CANDIDATES)
         )
         context = Context(
             int(time.time() * 1000), device or session_device, session.affinity, session.events
@@ -137,14 +160,14 @@ class RecommendationService:
             user, items, data.versions, reranker.name, degraded, "deadline" if degraded else None
         )
         core = _with_variant(core, data.assignment)
-        if not degraded:
+        if not degraded and cacheable:
             self._cache(data, core)
         body = _envelope(core, cached=False, started=started)
         shown = [candidates[i] for i in order[:k]]
         shown_from = (context, categories, data.trending)
         self._impression(core, data.assignment, started, cached=False, shown=(shown, *shown_from))
         if data.shadow is not None and not degraded:
-            self._start_shadow(data, user, k, (similar, session.excluded, context), items)
+            self._start_shadow(data, user, k, (similar, excluded, context), items)
         return Answer(body, "degraded" if degraded else "ok")
 
     def _start_shadow(
@@ -219,6 +242,32 @@ class RecommendationService:
                 found, shown=shown[0], context=shown[1], categories=shown[2], trending=shown[3]
             )
         self.impressions.offer(found)
+
+    async def _sync_hidden(self, version: str, deadline: float) -> bool:
+        """Whether this process's copy of the hidden items is at least as new as ``version``
+        (reloaded when it is not); an answer made with a stale copy is not cached."""
+        if self._hidden_items is None or self.hidden.current(version):
+            return True
+        try:
+            async with asyncio.timeout(self._redis_timeout(deadline)):
+                return await self.hidden.sync(version, self._hidden_items.items)
+        except TimeoutError:
+            return False
+
+    async def refresh_hidden(self, every_s: float, stop: asyncio.Event) -> None:
+        """Keep the copy of the hidden items current while no request comes (the fallback
+        snapshot, served while Redis is down, is filtered with it), until ``stop`` is set.
+        A read under way is never cancelled: that could leave a connection half-read."""
+        if self._hidden_items is None:
+            return
+        while not stop.is_set():
+            try:
+                version = await self._hidden_items.version()
+                await self.hidden.sync(version, self._hidden_items.items)
+            except (RedisError, OSError) as e:
+                log.debug("hidden items not refreshed: %r", e)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every_s)
 
     def _redis_timeout(self, deadline: float) -> float:
         left = max(0.0, deadline - time.perf_counter())
@@ -333,7 +382,13 @@ class RecommendationService:
             return reranker.score(build_features(candidates, context, *trending))
 
     def _from_snapshot(
-        self, user: str, k: int, segment: str, started: float, error: BaseException
+        self,
+        user: str,
+        k: int,
+        segment: str,
+        started: float,
+        error: BaseException,
+        exclude: frozenset[str],
     ) -> Answer:
         popular = self.snapshot.get(segment) or self.snapshot.get("global")
         if popular is None:
@@ -341,9 +396,11 @@ class RecommendationService:
                 "Redis is unreachable and no popular items are cached yet; retry shortly"
             ) from error
         metrics.DEGRADED.labels("redis").inc()
+        excluded = excluding(exclude, self.hidden.items)
         items = [
             {"item_id": i, "score": round(s, 6), "sources": [POPULAR]}
             for i, s in zip(*popular, strict=True)
+            if i not in excluded
         ][:k]
         core = _core(user, items, Versions(None, None, None), "none", True, "redis unavailable")
         core = _with_variant(core, Assignment())

@@ -128,3 +128,22 @@ class Keys:
     def trending(self, segment: str) -> str:
         """Top items of a segment over the recent windows (sorted set, score = event count)."""
         return f"{self.prefix}:trending:{{t:{segment}}}"
+
+    # -- business rules (see store/hidden.py) ----------------------------------------------------
+
+    def hidden(self) -> str:
+        """Items an operator hid from every answer (a set, in the prefix's slot)."""
+        return f"{self.meta}:hidden"
+
+    def hidden_version(self) -> str:
+        """Bumped by every change of :meth:`hidden`: API processes reload the set when it moves."""
+        return f"{self.meta}:hidden-version"
+
+    def user_hidden(self, user_id: str) -> str:
+        """Items one user hid for themself (a set, in the user's slot)."""
+        return f"{self.prefix}:uhidden:{{{user_id}}}"
+
+    def uncached(self, user_id: str) -> str:
+        """A key in the user's slot that is never written: what a request that must not be
+        answered from the cache (it carries ``exclude=``) reads in place of its cached answer."""
+        return f"{self.prefix}:cache:{{{user_id}}}:none"

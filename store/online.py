@@ -85,6 +85,8 @@ class RequestData:
     session: bytes | None = None
     popular: tuple[list[str], list[float]] = EMPTY
     trending: dict[str, float] = field(default_factory=dict)
+    hidden_version: str = "0"  # of the items hidden from every answer (store/hidden.py)
+    user_hidden: frozenset[str] = frozenset()  # the items this user hid
 
 
 def _int(raw: bytes | str | None) -> int | None:
@@ -157,17 +159,22 @@ class OnlineReader:
             *(keys.canary(store) for store in STORES),
             keys.global_epoch(),
         ]
+        self._pointers.append(keys.hidden_version())  # read with them: a hide counts at once
         self._unsent: list[tuple[str, bytes, int]] = []  # answers to cache: (key, value, ttl_s)
         self._flushing: asyncio.Task[None] | None = None
         self._paused_until = 0.0  # no caching before (monotonic s): Redis refused a cache write
 
-    async def read(self, user: str, k: int, device: str, segment: str) -> RequestData:
-        """Versions, epochs and the cached answer, or the inputs of a fresh answer."""
+    async def read(
+        self, user: str, k: int, device: str, segment: str, *, use_cache: bool = True
+    ) -> RequestData:
+        """Versions, epochs and the cached answer (unless ``use_cache`` is false), or the inputs
+        of a fresh answer."""
+        cache_key = self._keys.cache(user, k, device) if use_cache else self._keys.uncached(user)
         for attempt in range(MAX_ATTEMPTS):
             pointers = self._expected
             expected, assignment = pointers.for_user(user)
             meta, mine, popular, fallback, trend = await self._read_once(
-                expected, assignment.variant, user, k, device, segment
+                expected, assignment.variant, user, cache_key, segment
             )
             seen = _seen(meta)
             self._expected = seen
@@ -185,7 +192,8 @@ class OnlineReader:
                 )
                 break
         versions = Versions(expected.u2i, expected.i2i, expected.popular)
-        data = RequestData(self._keys.cache(user, k, device), _bytes(mine[1]), versions, assignment)
+        data = RequestData(cache_key, _bytes(mine[1]), versions, assignment)
+        data.hidden_version = _text(meta[-1] or b"0")
         if mine[0] == CACHED:
             data.cached = mine[2]
             return data
@@ -197,6 +205,8 @@ class OnlineReader:
         shadow = pointers.canaries[0]
         if shadow is not None and shadow.shadow and expected.u2i is not None:
             data.shadow = shadow.version
+        if mine[4]:
+            data.user_hidden = frozenset(_text(item) for item in mine[4])
         return data
 
     async def candidates(
@@ -218,7 +228,7 @@ class OnlineReader:
         await pipe.execute()
 
     async def _read_once(
-        self, expected: _Expected, variant: str, user: str, k: int, device: str, segment: str
+        self, expected: _Expected, variant: str, user: str, cache_key: str, segment: str
     ) -> list[Any]:
         keys = self._keys
         pipe = self._redis.pipeline(transaction=False)
@@ -229,7 +239,7 @@ class OnlineReader:
         queue_script(
             pipe,
             USER_READ,
-            [keys.epoch(user), keys.cache(user, k, device), keys.session(user), u2i],
+            [keys.epoch(user), cache_key, keys.session(user), u2i, keys.user_hidden(user)],
             [expected.tag(variant), "0" if expected.u2i is None else "1"],
         )
         if expected.popular is None:
@@ -255,7 +265,7 @@ class OnlineReader:
                 CACHE_PAUSE_S,
             )
             self._paused_until = time.monotonic() + CACHE_PAUSE_S
-            return await self._read_once(expected, variant, user, k, device, segment)
+            return await self._read_once(expected, variant, user, cache_key, segment)
         meta, mine, popular, fallback, trend = replies[:5]
         if expected.popular is None:
             popular = fallback = None

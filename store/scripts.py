@@ -63,8 +63,8 @@ redis.call('HSET', KEYS[4], v, ARGV[3])
 return 1
 """
 
-# KEYS: the user's epoch, cached answer, session, u2i candidates (of the expected u2i version)
-#       (one slot: the user's)
+# KEYS: the user's epoch, cached answer, session, u2i candidates (of the expected u2i version),
+#       the items the user hid (one slot: the user's)
 # ARGV: the rest of the expected tag (global epoch and versions), whether a u2i version is live
 # What a recommendation needs of its user, in one step. The cached answer is stored behind a tag
 # of the epochs and versions it was computed with, so an event (the user's epoch) or a cutover
@@ -78,7 +78,7 @@ if cached and string.sub(cached, 1, #tag) == tag then
 end
 local cands = false
 if ARGV[2] == '1' then cands = redis.call('GET', KEYS[4]) end
-return {0, tag, redis.call('GET', KEYS[3]), cands}
+return {0, tag, redis.call('GET', KEYS[3]), cands, redis.call('SMEMBERS', KEYS[5])}
 """
 
 # KEYS: canary pointer, live pointer, progress of the version, registry, experiment counters

@@ -18,12 +18,15 @@ from redis.exceptions import RedisError
 from tandem.contracts import topics
 from tandem.contracts.control import dlq_headers
 from tandem.contracts.exceptions import ValidationError
+from tandem.contracts.hidden import decode_hidden
 from tandem.contracts.kafka import is_tansu
 from tandem.contracts.schemas import Event, decode_event
 from tandem.contracts.session import SessionPolicy, SessionState, update
 from tandem.contracts.settings import Settings
 from tandem.contracts.versions import State, VersionRecord
 from tandem.store.connect import connect
+from tandem.store.exceptions import StoreError
+from tandem.store.hidden import HiddenItems
 from tandem.store.keys import Keys
 from tandem.streams import metrics
 from tandem.streams.attribution import Attribution
@@ -121,6 +124,7 @@ class StreamWorker:
         self.attribution = Attribution(
             self.redis, Keys(settings.key_prefix), settings.attribution_window_s
         )
+        self.hidden = HiddenItems(self.redis, Keys(settings.key_prefix))
         self.categories: dict[str, str] = {}
         self._flush_lock = asyncio.Lock()
         self.app = self._build_app()
@@ -179,6 +183,8 @@ class StreamWorker:
         app.agent(versions, concurrency=1, name="cutovers")(self._on_versions)
         app.agent(impressions, concurrency=1, name="impressions")(self._on_impressions)
         app.timer(options.attribution_flush_s)(self.flush_attribution)
+        hidden = app.topic(topics.HIDDEN, key_serializer="raw", value_serializer="raw")
+        app.agent(hidden, concurrency=1, name="hidden")(self._on_hidden)
         app.timer(options.flush_interval_s)(self._tick)
         app.timer(options.trending_flush_s)(self.flush_trending)
         app.timer(options.categories_refresh_s, on_leader=False)(self.refresh_categories)
@@ -406,6 +412,25 @@ class StreamWorker:
                 log.info(
                     "cutover of %s v%s: global epoch now %d", record.store, record.version, epoch
                 )
+
+    async def _on_hidden(self, stream: StreamT[bytes]) -> None:
+        async for event in stream.events():
+            await self.apply_hidden(event)
+
+    async def apply_hidden(self, event: EventT[bytes]) -> None:
+        """Apply an operator's hide or unhide from ``tandem.hidden`` to Redis (every API process
+        sees it with its next request), or dead-letter a record that is not one."""
+        try:
+            item, hidden = decode_hidden(event.value or b"")
+            await self._retrying("a hidden item", self._write_hidden, (item, hidden))
+        except (ValidationError, StoreError) as e:
+            await self._dead_letter(event, str(e))
+            return
+        metrics.HIDDEN.labels("hide" if hidden else "unhide").inc()
+        log.info("item %s %s", item, "hidden" if hidden else "unhidden")
+
+    async def _write_hidden(self, change: tuple[str, bool]) -> None:
+        await self.hidden.hide(change[0], hidden=change[1])
 
     async def close(self) -> None:
         """Write what is queued to Redis and release it (Faust's producer, stopped by now,

@@ -40,6 +40,12 @@ EVENT_AGE = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
     registry=REGISTRY,
 )
+HIDDEN = Counter(
+    "tandem_worker_hidden_changes_total",
+    "Hides and unhides applied from tandem.hidden",
+    ["change"],
+    registry=REGISTRY,
+)
 LAST_EVENT = Gauge(
     "tandem_worker_last_event_timestamp_seconds",
     "When the worker last applied an event",

@@ -132,8 +132,8 @@ def create_topics(client: AdminClient, wanted: list[NewTopic], timeout_s: float 
 
 
 def ensure_base_topics(settings: Settings) -> None:
-    """Create tandem's fixed topics: events, versions (compacted), the dead-letter topic and
-    impressions."""
+    """Create tandem's fixed topics: events, versions and hidden items (both compacted), the
+    dead-letter topic and impressions."""
     create_topics(
         admin(settings),
         [
@@ -146,5 +146,8 @@ def ensure_base_topics(settings: Settings) -> None:
             ),
             NewTopic(topics.DLQ, 1, settings.replication_factor),
             NewTopic(topics.IMPRESSIONS, settings.events_partitions, settings.replication_factor),
+            NewTopic(
+                topics.HIDDEN, 1, settings.replication_factor, config={"cleanup.policy": "compact"}
+            ),
         ],
     )

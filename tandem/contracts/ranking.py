@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass
 
 from tandem.contracts.domain import EXCLUDED_EVENTS
@@ -43,7 +43,7 @@ def merge(
     u2i: tuple[list[str], list[float]],
     i2i: Iterable[tuple[int, tuple[list[str], list[float]]]],
     popular: tuple[list[str], list[float]],
-    excluded: set[str],
+    excluded: Container[str],
     want: int,
 ) -> list[Candidate]:
     """One list of distinct candidates: user candidates first, then items similar to the

@@ -12,7 +12,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from tandem.contracts.domain import I2I, POPULAR, U2I
+from tandem.contracts.domain import EVENT_TYPES, EXCLUDED_EVENTS, I2I, POPULAR, U2I
 from tandem.contracts.exceptions import ConfigError, ValidationError
 from tandem.contracts.ids import check_store
 
@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     # sasl.mechanism, sasl.username, sasl.password, ssl.ca.location for a managed cluster. Kept
     # secret: it is never logged or printed.
     kafka_config: SecretStr = SecretStr("{}")
+    # Items of the user's session with these event types are not recommended again: a comma
+    # list of event types, ``all`` or ``none``.
+    exclude_seen: str = ",".join(sorted(EXCLUDED_EVENTS))
 
     @field_validator("key_prefix")
     @classmethod
@@ -151,6 +154,16 @@ class Settings(BaseSettings):
         )
         return parsed
 
+    @field_validator("exclude_seen")
+    @classmethod
+    def _check_exclude_seen(cls, value: str) -> str:
+        excluded_event_types(value)
+        return value
+
+    def excluded_types(self) -> frozenset[str]:
+        """The event types of ``TANDEM_EXCLUDE_SEEN``."""
+        return excluded_event_types(self.exclude_seen)
+
     @field_validator("stores")
     @classmethod
     def _check_stores(cls, value: dict[str, StorePolicy]) -> dict[str, StorePolicy]:
@@ -189,6 +202,22 @@ class Settings(BaseSettings):
     def redis_url_redacted(self) -> str:
         """The Redis URL with any password masked, for logs and status output."""
         return redact_url(self.redis_url.get_secret_value())
+
+
+def excluded_event_types(text: str) -> frozenset[str]:
+    """Event types from ``all``, ``none`` or a comma list of them; ValueError naming the rest."""
+    words = {word.strip() for word in text.split(",")} - {""}
+    if words == {"all"}:
+        return frozenset(EVENT_TYPES)
+    if words <= {"none"}:
+        return frozenset()
+    unknown = words - EVENT_TYPES
+    if unknown:
+        raise ValueError(
+            f"unknown event types {', '.join(sorted(unknown))}: give all, none or some of "
+            + ", ".join(sorted(EVENT_TYPES))
+        )
+    return frozenset(words)
 
 
 def redact_url(url: str) -> str:

@@ -10,6 +10,7 @@ EVENTS = "tandem.events"
 VERSIONS = "tandem.versions"
 DLQ = "tandem.dlq"
 IMPRESSIONS = "tandem.impressions"  # every (sampled) answer, keyed by user
+HIDDEN = "tandem.hidden"  # an operator's hides (tandem/contracts/hidden.py), compacted
 
 VERSION_TOPIC_PREFIX = "tandem.store."
 _VERSION_TOPIC_RE = re.compile(r"tandem\.store\.([a-z][a-z0-9_]{0,31})\.v([0-9]{1,20})")

@@ -11,6 +11,7 @@ import click
 from tandem.contracts.exceptions import ConfigError, TandemError
 from tandem.shell.batch_commands import batch, data, publish
 from tandem.shell.clictx import broker_option, brokers_option, settings_of
+from tandem.shell.item_commands import items
 from tandem.shell.store_commands import materialize, replay, versions
 from tandem.shell.stream_commands import events, worker
 
@@ -230,6 +231,7 @@ for _command in (
     events,
     experiments,
     guard,
+    items,
     materialize,
     publish,
     replay,

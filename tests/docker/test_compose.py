@@ -30,7 +30,7 @@ GRAFANA_DATASOURCES = DOCKER / "grafana" / "datasources.yml"
 DOCKERFILE = DOCKER / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 TANDEM_IMAGE = "tandem:local"
-BASE_TOPICS = ("tandem.events", "tandem.versions", "tandem.dlq")
+BASE_TOPICS = ("tandem.events", "tandem.versions", "tandem.dlq", "tandem.hidden")
 
 
 def read_yaml(text: str) -> object:
@@ -265,6 +265,7 @@ def test_a_job_creates_the_topics_before_the_tandem_services_start() -> None:
     for topic in BASE_TOPICS:
         assert f"--topic {topic}" in script, topic
     assert "tandem.versions --partitions 1 --config cleanup.policy=compact" in script
+    assert "tandem.hidden --partitions 1 --config cleanup.policy=compact" in script
     # It reads the same settings as the tandem services...
     env, tandem_env = _env(topics), _env(services["api"])
     assert env["BOOTSTRAP"] == tandem_env["TANDEM_KAFKA"]

@@ -1,0 +1,62 @@
+"""The stream worker applies an operator's hides from ``tandem.hidden`` (real broker and Redis)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from redis.asyncio import Redis
+
+from tandem.contracts import topics
+from tandem.contracts.hidden import encode_hidden
+from tandem.contracts.kafka import make_producer
+from tandem.contracts.settings import Settings
+from tandem.store.keys import Keys
+from tandem.streams.app import WorkerOptions
+from tandem.streams.runner import running
+from tests.helpers import read_dlq, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def publish(settings: Settings, *records: tuple[bytes, bytes]) -> None:
+    producer = make_producer(settings, bulk=False)
+    for key, value in records:
+        producer.produce(topics.HIDDEN, key=key, value=value)
+    assert producer.flush(10) == 0
+
+
+async def test_hides_from_the_topic_reach_redis_and_bad_records_the_dlq(
+    settings: Settings, redis: Redis, keys: Keys
+) -> None:
+    item, bad = "h" + uuid.uuid4().hex[:10], "bad" + uuid.uuid4().hex[:8]
+    options = WorkerOptions(app_id="hid" + uuid.uuid4().hex[:8])
+    async with running(settings, options):
+        publish(
+            settings,
+            (item.encode(), encode_hidden(item, True)),
+            (bad.encode(), b'{"item": "not an id", "hidden": true}'),
+        )
+
+        async def hidden() -> bool:
+            return item.encode() in await redis.smembers(keys.hidden())
+
+        await wait_for(hidden, 30, "the hide to reach Redis")
+        assert await redis.get(keys.global_epoch())  # cached answers made unreachable
+        version = int(await redis.get(keys.hidden_version()) or 0)
+        started = time.monotonic()
+        publish(settings, (item.encode(), encode_hidden(item, False)))
+
+        async def shown() -> bool:
+            return not await hidden()
+
+        await wait_for(shown, 1.0, "the unhide to reach Redis within a second")
+        assert time.monotonic() - started < 1.0
+        assert int(await redis.get(keys.hidden_version()) or 0) == version + 1
+
+        async def dead_lettered() -> list[tuple[bytes, bytes, bytes]]:
+            return [d for d in read_dlq(settings, topics.HIDDEN) if d[0] == bad.encode()]
+
+        (_, reason, _), *_ = await wait_for(dead_lettered, 10, "the bad record in the DLQ")
+        assert reason.startswith(b"item: must be")
