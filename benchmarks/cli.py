@@ -87,15 +87,24 @@ def bench_store(
 @bench.command("publish")
 @click.option("--records", default=50_000, show_default=True, type=click.IntRange(1000, 10**7))
 @click.option("--items", default=100, show_default=True, type=click.IntRange(1, 5000))
+@click.option(
+    "--repeat",
+    default=3,
+    show_default=True,
+    type=click.IntRange(1, 20),
+    help="Repetitions (each the bare loop, then every codec); cells show the median and range.",
+)
 @write_option
 @click.pass_context
-def bench_publish(ctx: click.Context, records: int, items: int, write: Path | None) -> None:
+def bench_publish(
+    ctx: click.Context, records: int, items: int, repeat: int, write: Path | None
+) -> None:
     """The publisher (per compression codec) vs a bare confluent-kafka produce loop."""
     with _services(ctx) as settings:
-        result = pipeline_bench.run_publish(settings, records, items)
+        result = pipeline_bench.run_publish(settings, records, items, repeat)
     _report(
         "publish",
-        f"python -m benchmarks publish --records {records} --items {items}",
+        f"python -m benchmarks publish --records {records} --items {items} --repeat {repeat}",
         result.markdown(),
         write,
     )

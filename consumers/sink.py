@@ -5,15 +5,17 @@ Shared by the materializer and replay, so both verify a version the same way.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import cast
 
 from confluent_kafka import Producer
 from redis.asyncio import Redis
 
 from tandem.consumers.metrics import RECORDS_APPLIED, RECORDS_DEAD
-from tandem.consumers.records import Record
+from tandem.consumers.records import Record, gc_paused
 from tandem.consumers.retry import REDIS_TRANSIENT, Letter, OutagePolicy, Outages
 from tandem.contracts import topics
 from tandem.contracts.codec import summarize
@@ -26,12 +28,18 @@ from tandem.contracts.control import (
     dlq_headers,
 )
 from tandem.contracts.exceptions import CodecError, ServiceError, ValidationError
-from tandem.contracts.ids import check_id
+from tandem.contracts.ids import check_id, valid_ids
 from tandem.contracts.settings import Settings
 from tandem.contracts.versions import State
 from tandem.store.exceptions import ProgressConflict
 from tandem.store.keys import Keys
-from tandem.store.progress import PartitionProgress, RecordStat, record_stat
+from tandem.store.progress import (
+    BatchStat,
+    PartitionProgress,
+    RecordStat,
+    batch_stat,
+    record_stat,
+)
 from tandem.store.registry import Registry, VersionInfo
 from tandem.store.writer import VersionWriter
 
@@ -60,8 +68,12 @@ def plan_batch(before: PartitionProgress, messages: Sequence[Record]) -> Plan:
     dead-lettered with the reason and never applied, so what is served always equals the count
     and checksum the registry shows.
     """
-    entries: list[tuple[str, bytes]] = []
-    stats: list[RecordStat] = []
+    with gc_paused():
+        return _plan(before, messages)
+
+
+def _plan(before: PartitionProgress, messages: Sequence[Record]) -> Plan:
+    data: list[Record] = []
     dead: list[tuple[Record, str]] = []
     start: StartOfPush | None = None
     end: EndOfPush | None = None
@@ -73,25 +85,24 @@ def plan_batch(before: PartitionProgress, messages: Sequence[Record]) -> Plan:
             kind = control_kind(msg.headers)
             if sealed:
                 raise ValidationError(SEALED, "the partition's END_OF_PUSH (or abort) came first")
-            if kind is Control.ABORT_PUSH:
+            if kind is None:
+                data.append(msg)  # checked below, all at once
+            elif kind is Control.ABORT_PUSH:
                 aborted = (msg.value or b"").decode(errors="replace") or "the push was aborted"
                 sealed = True
-                continue
-            if kind is Control.START_OF_PUSH:
+            elif kind is Control.START_OF_PUSH:
                 start = StartOfPush.decode(msg.value)
             elif kind is Control.END_OF_PUSH:
                 end = EndOfPush.decode(msg.value)
                 sealed = True
-            elif kind is Control.ATTACHMENT:
-                attachments.append((attachment_name(msg.headers), msg.value or b""))
             else:
-                entity, value = _record(msg)
-                size, finite = summarize(value)
-                entries.append((entity, value))
-                stats.append(record_stat(entity, value, size, finite))
+                attachments.append((attachment_name(msg.headers), msg.value or b""))
         except (ValidationError, CodecError) as e:
             dead.append((msg, str(e)))
-    after = before.with_records(stats, messages[-1].offset)
+    entries, stat, bad = _data_records(data)
+    if bad:
+        dead = sorted([*dead, *bad], key=lambda d: d[0].offset)
+    after = before.with_batch(stat, messages[-1].offset)
     if start is not None:
         after = replace(after, started=True)
     if end is not None:
@@ -99,6 +110,35 @@ def plan_batch(before: PartitionProgress, messages: Sequence[Record]) -> Plan:
     if aborted is not None:
         after = replace(after, aborted=aborted)
     return Plan(replace(after, dlq=before.dlq + len(dead)), entries, dead, start, attachments)
+
+
+def _data_records(
+    data: list[Record],
+) -> tuple[list[tuple[str, bytes]], BatchStat, list[tuple[Record, str]]]:
+    """``(entries, their stat, dead letters)`` of a batch's data records. The whole batch is
+    checked at once (ids by one regex, lists by one pass, checksums summed as an array); only
+    a batch holding a bad record is checked record by record, to say which and why."""
+    keys = [m.key for m in data]
+    values = [m.value for m in data]
+    entities = valid_ids(keys)
+    if entities is not None and None not in values:
+        raw_keys = cast("list[bytes]", keys)
+        checked = cast("list[bytes]", values)
+        with contextlib.suppress(CodecError):
+            return list(zip(entities, checked, strict=True)), batch_stat(raw_keys, checked), []
+    entries: list[tuple[str, bytes]] = []
+    stats: list[RecordStat] = []
+    dead: list[tuple[Record, str]] = []
+    for msg in data:
+        try:
+            entity, value = _record(msg)
+            size, finite = summarize(value)
+        except (ValidationError, CodecError) as e:
+            dead.append((msg, str(e)))
+            continue
+        entries.append((entity, value))
+        stats.append(record_stat(entity, value, size, finite))
+    return entries, BatchStat.of(stats), dead
 
 
 def _record(msg: Record) -> tuple[str, bytes]:

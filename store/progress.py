@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 
 import orjson
 
-from tandem.contracts.checksum import combine, from_hex, record_digest, to_hex
+from tandem.contracts.checksum import batch_checksum, combine, from_hex, record_digest, to_hex
+from tandem.contracts.codec import summarize_all
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,13 +52,17 @@ class PartitionProgress:
 
     def with_records(self, batch: list[RecordStat], last_offset: int) -> PartitionProgress:
         """Progress after applying ``batch`` (whose last Kafka offset is ``last_offset``)."""
+        return self.with_batch(BatchStat.of(batch), last_offset)
+
+    def with_batch(self, batch: BatchStat, last_offset: int) -> PartitionProgress:
+        """Progress after applying a batch summed up as ``batch``."""
         return replace(
             self,
             offset=last_offset,
-            count=self.count + len(batch),
-            checksum=combine(self.checksum, *(r.digest for r in batch)),
-            empty=self.empty + sum(1 for r in batch if r.size == 0),
-            nonfinite=self.nonfinite + sum(1 for r in batch if not r.finite),
+            count=self.count + batch.count,
+            checksum=combine(self.checksum, batch.checksum),
+            empty=self.empty + batch.empty,
+            nonfinite=self.nonfinite + batch.nonfinite,
         )
 
     def to_json(self) -> bytes:
@@ -80,6 +86,26 @@ class PartitionProgress:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchStat:
+    """What the bookkeeping needs of a batch of applied records, summed up."""
+
+    count: int = 0
+    checksum: int = 0
+    empty: int = 0
+    nonfinite: int = 0
+
+    @staticmethod
+    def of(records: list[RecordStat]) -> BatchStat:
+        """The stats of single records summed up."""
+        return BatchStat(
+            count=len(records),
+            checksum=combine(*(r.digest for r in records)),
+            empty=sum(1 for r in records if r.size == 0),
+            nonfinite=sum(1 for r in records if not r.finite),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class RecordStat:
     """What the bookkeeping needs of one applied record."""
 
@@ -91,3 +117,10 @@ class RecordStat:
 def record_stat(entity_id: str, value: bytes, size: int, finite: bool) -> RecordStat:
     """The stat of one record keyed by ``entity_id``."""
     return RecordStat(record_digest(entity_id.encode(), value), size, finite)
+
+
+def batch_stat(keys: Sequence[bytes], values: Sequence[bytes]) -> BatchStat:
+    """The stat of a batch of records (keys: the entity ids, valid); raises
+    :class:`CodecError` if any value is not a well-formed list."""
+    empty, nonfinite = summarize_all(values)
+    return BatchStat(len(values), batch_checksum(keys, values), empty, nonfinite)

@@ -7,11 +7,12 @@ from dataclasses import replace
 from redis.asyncio import Redis
 
 from tandem.contracts.codec import summarize
-from tandem.contracts.ids import check_id
+from tandem.contracts.exceptions import CodecError
+from tandem.contracts.ids import check_id, valid_ids
 from tandem.store.connect import is_cluster
 from tandem.store.exceptions import ProgressConflict
 from tandem.store.keys import Keys
-from tandem.store.progress import PartitionProgress, record_stat
+from tandem.store.progress import BatchStat, PartitionProgress, batch_stat
 from tandem.store.scripts import ADVANCE
 
 MSET_PAIRS = 1000  # per MSET: long enough to amortize a command, short enough not to stall Redis
@@ -111,12 +112,7 @@ class VersionWriter:
     async def write(self, entries: list[tuple[str, bytes]]) -> PartitionProgress:
         """Write a batch outside Kafka (tests, benchmarks, tools) as pseudo-partition 0."""
         before = self._direct or await self.load(0)
-        stats = []
-        for entity, value in entries:
-            check_id(entity, "entity_id")
-            size, finite = summarize(value)
-            stats.append(record_stat(entity, value, size, finite))
-        after = before.with_records(stats, before.offset + len(entries))
+        after = before.with_batch(_checked(entries), before.offset + len(entries))
         await self.apply(0, before, after, entries)
         self._direct = after
         return after
@@ -142,3 +138,19 @@ class VersionWriter:
         await self.apply(0, before, after, [])
         self._direct = after
         return after
+
+
+def _checked(entries: list[tuple[str, bytes]]) -> BatchStat:
+    """The stat of a batch of entries, checked all at once; a bad entry raises the error
+    :func:`check_id` or :func:`summarize` gives for it."""
+    keys = [entity.encode() for entity, _ in entries]
+    values = [value for _, value in entries]
+    if valid_ids(keys) is None:
+        for entity, _ in entries:
+            check_id(entity, "entity_id")
+    try:
+        return batch_stat(keys, values)
+    except CodecError:
+        for value in values:
+            summarize(value)
+        raise

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
 import pytest
 
 from tandem.consumers.gates import VersionStats, evaluate, verify
@@ -95,3 +98,19 @@ def test_plan_batch_sorts_control_records_and_dead_letters() -> None:
     assert (after.offset, after.count, after.empty, after.dlq) == (5, 2, 1, 2)
     assert after.started
     assert after.mismatch() is None
+
+
+def test_plan_batch_counts_a_clean_batch_as_one_holding_a_bad_record_counts_the_rest() -> None:
+    values = [encode(["i1"], [0.5]), encode([], []), encode(["i2"], [math.nan])]
+    clean = [
+        _record(n, f"u{n}".encode(), v, record_headers("u2i", 1)) for n, v in enumerate(values)
+    ]
+    bad = _record(3, "é".encode(), values[0], record_headers("u2i", 1))  # checked one by one
+    fast = plan_batch(PartitionProgress(), clean).after
+    slow = plan_batch(PartitionProgress(), [*clean, bad])
+    assert [m.offset for m, _ in slow.dead] == [3]
+    assert replace(slow.after, offset=2, dlq=0) == fast
+    assert (fast.count, fast.empty, fast.nonfinite) == (3, 1, 1)
+    assert fast.checksum == combine(
+        *(record_digest(f"u{n}".encode(), v) for n, v in enumerate(values))
+    )

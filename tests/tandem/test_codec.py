@@ -8,9 +8,10 @@ import struct
 
 import pytest
 
-from tandem.contracts.checksum import combine, from_hex, record_digest, to_hex
-from tandem.contracts.codec import decode, encode, summarize
+from tandem.contracts.checksum import batch_checksum, combine, from_hex, record_digest, to_hex
+from tandem.contracts.codec import decode, encode, summarize, summarize_all
 from tandem.contracts.exceptions import CodecError
+from tandem.contracts.ids import valid_ids
 from tandem.store.progress import PartitionProgress, record_stat
 
 
@@ -71,3 +72,41 @@ def test_progress_bookkeeping_and_mismatch() -> None:
         replace(progress, eop_count=3, eop_checksum=0).mismatch() or ""
     )
     assert promised.ended
+
+
+BATCH = [encode([f"i{n}", "é"], [float(n), 0.5]) for n in range(50)] + [encode([], [])]
+
+
+@pytest.mark.parametrize(
+    ("bad", "at"),
+    [
+        (b"", 3),
+        (encode(["a"], [1.0])[:-1], 0),
+        (struct.pack("<BII", 1, 2, 1) + b"a" + b"\x00" * 8, 50),
+        (struct.pack("<BII", 1, 1, 2) + b"\xc3" + b"\x00" * 5, 7),  # a cut-off UTF-8 sequence
+        (struct.pack("<BII", 1, 0, 1) + b"a", 20),  # an id but no item
+    ],
+)
+def test_summarize_all_rejects_a_batch_whenever_summarize_rejects_one(bad: bytes, at: int) -> None:
+    assert summarize_all(BATCH) == (1, 0)
+    with pytest.raises(CodecError):
+        summarize(bad)
+    with pytest.raises(CodecError):
+        summarize_all([*BATCH[:at], bad, *BATCH[at:]])
+
+
+def test_summarize_all_counts_lists_with_non_finite_scores() -> None:
+    odd = [encode(["a", "b"], [1.0, math.inf]), encode(["a"], [math.nan]), encode(["a"], [3e38])]
+    assert summarize_all([*BATCH, *odd]) == (1, 2)
+
+
+def test_batch_checksum_and_valid_ids_agree_with_their_single_forms() -> None:
+    keys = [f"e{n}".encode() for n in range(len(BATCH))]
+    assert batch_checksum(keys, BATCH) == combine(
+        *(record_digest(k, v) for k, v in zip(keys, BATCH, strict=True))
+    )
+    assert batch_checksum([], []) == 0
+    assert valid_ids(keys) == [k.decode() for k in keys]
+    for bad in (None, b"", b"a b", b"a\nb", "é".encode(), b"x" * 129):
+        assert valid_ids([*keys, bad]) is None
+    assert valid_ids([b"x" * 128]) == ["x" * 128]
