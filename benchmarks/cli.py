@@ -298,14 +298,35 @@ def bench_api(
 @click.option(
     "--events-per-user", default=50.0, show_default=True, type=click.FloatRange(2, 10_000)
 )
+@click.option(
+    "--dask-workers",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, 64),
+    help="Also run on a LocalCluster of N workers (0: single process only).",
+)
+@click.option(
+    "--worker-memory",
+    default="1.5GB",
+    show_default=True,
+    help="Each Dask worker's memory limit (below the single-process peak, to show it fits).",
+)
 @write_option
-def bench_batch(users: int, items: int, events_per_user: float, write: Path | None) -> None:
+def bench_batch(
+    users: int,
+    items: int,
+    events_per_user: float,
+    dask_workers: int,
+    worker_memory: str,
+    write: Path | None,
+) -> None:
     """Wall time and peak memory of the batch stage, stage by stage (no services needed)."""
-    result = batch_bench.bench(users, items, events_per_user)
+    result = batch_bench.bench(users, items, events_per_user, dask_workers, worker_memory)
     _report(
         "batch",
         f"python -m benchmarks batch --users {users} --items {items} "
-        f"--events-per-user {events_per_user:g}",
+        f"--events-per-user {events_per_user:g} --dask-workers {dask_workers} "
+        f"--worker-memory {worker_memory}",
         result.markdown(),
         write,
     )
