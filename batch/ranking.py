@@ -173,6 +173,7 @@ def _train_on_dask(
         feature_name=list(RANKER_FEATURES),
     )
     on.tasks += workers
+    on.ranker_fits += 1
     booster: lgb.Booster = model.to_local().booster_
     return booster
 

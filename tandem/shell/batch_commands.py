@@ -209,7 +209,10 @@ def _engine(address: str | None, workers: int | None) -> Iterator[None]:
     with engine.dask_cluster(address, workers) as (on_dask, dashboard), engine.using(on_dask):
         click.echo(f"dask dashboard: {dashboard}")
         yield
-        click.echo(f"dask: {on_dask.tasks} tasks ran on {len(on_dask.workers)} worker(s)")
+        click.echo(
+            f"dask: {on_dask.tasks} tasks ran on {len(on_dask.workers)} worker(s); "
+            f"{on_dask.ranker_fits} ranker(s) trained with lightgbm.dask"
+        )
 
 
 def _options(protocol: str, last_n: str, exclude_seen: str, seed: int, lists: bool) -> Any:
