@@ -293,10 +293,26 @@ def bench_api(
 
 
 @bench.command("batch")
-@click.option("--users", default=100_000, show_default=True, type=click.IntRange(100, 10**7))
-@click.option("--items", default=20_000, show_default=True, type=click.IntRange(100, 10**7))
 @click.option(
-    "--events-per-user", default=50.0, show_default=True, type=click.FloatRange(2, 10_000)
+    "--users",
+    default=100_000,
+    show_default=True,
+    type=click.IntRange(100, 10**7),
+    help="Users of the synthetic set.",
+)
+@click.option(
+    "--items",
+    default=20_000,
+    show_default=True,
+    type=click.IntRange(100, 10**7),
+    help="Items of the synthetic set.",
+)
+@click.option(
+    "--events-per-user",
+    default=50.0,
+    show_default=True,
+    type=click.FloatRange(2, 10_000),
+    help="Mean interactions per user.",
 )
 @click.option(
     "--dask-workers",
