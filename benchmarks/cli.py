@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import dataclasses
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -292,34 +294,24 @@ def bench_api(
         json_path.write_text(json.dumps(result.to_json(), indent=2) + "\n")
 
 
+def _synth_option(
+    name: str, default: float, kind: click.ParamType, text: str
+) -> Callable[[Any], Any]:
+    """An option sizing the synthetic set."""
+    return click.option(name, default=default, show_default=True, type=kind, help=text)
+
+
 @bench.command("batch")
-@click.option(
-    "--users",
-    default=100_000,
-    show_default=True,
-    type=click.IntRange(100, 10**7),
-    help="Users of the synthetic set.",
+@_synth_option("--users", 100_000, click.IntRange(100, 10**7), "Users of the synthetic set.")
+@_synth_option("--items", 20_000, click.IntRange(100, 10**7), "Items of the synthetic set.")
+@_synth_option(
+    "--events-per-user", 50.0, click.FloatRange(2, 10_000), "Mean interactions per user."
 )
-@click.option(
-    "--items",
-    default=20_000,
-    show_default=True,
-    type=click.IntRange(100, 10**7),
-    help="Items of the synthetic set.",
-)
-@click.option(
-    "--events-per-user",
-    default=50.0,
-    show_default=True,
-    type=click.FloatRange(2, 10_000),
-    help="Mean interactions per user.",
-)
-@click.option(
+@_synth_option(
     "--dask-workers",
-    default=0,
-    show_default=True,
-    type=click.IntRange(0, 64),
-    help="Also run on a LocalCluster of N workers (0: single process only).",
+    0,
+    click.IntRange(0, 64),
+    "Also run on a LocalCluster of N workers (0: single process only).",
 )
 @click.option(
     "--worker-memory",
