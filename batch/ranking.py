@@ -105,7 +105,10 @@ def _category_share(events: pd.DataFrame, data: Dataset, weight: np.ndarray) -> 
     share = np.bincount(
         events["user"].to_numpy() * n_cat + category, weights=weight, minlength=data.n_users * n_cat
     ).reshape(data.n_users, n_cat)
-    result: np.ndarray = share / np.maximum(share.sum(axis=1, keepdims=True), 1e-9)
+    # float32: the features are float32 anyway, and the table goes to every Dask worker
+    result: np.ndarray = (share / np.maximum(share.sum(axis=1, keepdims=True), 1e-9)).astype(
+        np.float32
+    )
     return result
 
 
