@@ -43,7 +43,7 @@ T = TypeVar("T")
 TOP_K = 200
 MAX_FIT_USERS = 20_000
 MAX_EVAL_USERS = 10_000
-USERS_PER_PART = 5_000  # users per u2i part written by one task (~3M candidate rows)
+USERS_PER_PART = 2_000  # users per u2i part written by one task (~1.2M candidate rows)
 ALL_EVENTS = frozenset(POSITIVE_WEIGHTS)
 
 
