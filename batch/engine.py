@@ -36,6 +36,7 @@ class OnDask:
         self.client = client
         self.tasks = 0
         self.workers: set[str] = set()  # addresses of the workers that ran a task
+        self.ranker_fits = 0  # models trained by lightgbm.dask
 
     def map(self, fn: Callable[..., T], chunks: list[Any], **shared: Any) -> list[T]:
         """The same as ``Local.map``, each chunk a task on the cluster."""

@@ -26,11 +26,13 @@ import pandas as pd
 import scipy.sparse as sp
 from tqdm import tqdm
 
-from tandem.batch import baselines, ranking, rerank_train
+from tandem.batch import baselines, engine, ranking, rerank_train
 from tandem.batch import candidates as cand
+from tandem.batch.candidates_io import read_candidates
 from tandem.batch.data import Dataset, code, load
 from tandem.batch.evaluate import MetricRow, table
 from tandem.batch.exceptions import InputError
+from tandem.batch.saved import write_lists
 from tandem.batch.split import Protocol, Split, split
 from tandem.contracts.domain import POSITIVE_WEIGHTS
 from tandem.contracts.schemas import CandidateList
@@ -41,6 +43,7 @@ T = TypeVar("T")
 TOP_K = 200
 MAX_FIT_USERS = 20_000
 MAX_EVAL_USERS = 10_000
+USERS_PER_PART = 2_000  # users per u2i part written by one task (~1.2M candidate rows)
 ALL_EVENTS = frozenset(POSITIVE_WEIGHTS)
 
 
@@ -52,6 +55,9 @@ class Options:
     exclude: frozenset[str] = ALL_EVENTS  # event types whose items a user is not shown again
     seed: int = 0
     final_lists: bool = True  # False: evaluate only
+    # Where u2i is written partition by partition (one parquet part per block of users, by the
+    # current engine's workers: on Dask the lists never meet in this process). None: in memory.
+    parts_dir: Path | None = None
 
 
 @dataclass
@@ -76,6 +82,7 @@ class BatchOutput:
     timings: list[StageTiming] = field(default_factory=list)
     report: list[MetricRow] = field(default_factory=list)
     training_digest: str = ""  # of every training input of the evaluation (leak checks)
+    u2i_parts: list[Path] = field(default_factory=list)  # u2i written partition by partition
 
     def table(self) -> str:
         """The evaluation (with 95% intervals, by history) and the re-ranker's figures."""
@@ -93,17 +100,12 @@ class BatchOutput:
 
     def u2i_rows(self) -> Iterator[CandidateList]:
         """The u2i store's lists."""
-        users = self.u2i["user"].to_numpy()
-        items = self.data.items.to_numpy().astype(str)[self.u2i["item"].to_numpy()]
-        scores = self.u2i["score"].to_numpy()
-        starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
-        ends = np.r_[starts[1:], users.size]
-        for start, end in zip(starts, ends, strict=True):
-            yield CandidateList(
-                str(self.data.users[users[start]]),
-                items[start:end].tolist(),
-                scores[start:end].tolist(),
-            )
+        if self.u2i_parts:
+            for part in self.u2i_parts:
+                yield from read_candidates(part)
+            return
+        users = np.asarray([str(user) for user in self.data.users], dtype=object)
+        yield from _lists(self.u2i, users, self.data.items.to_numpy().astype(str))
 
     def i2i_rows(self, k: int = 50) -> Iterator[CandidateList]:
         """The i2i store's lists (scores scaled to [0, 1] per item)."""
@@ -184,6 +186,7 @@ def run(data_dir: Path, options: Options | None = None, *, quiet: bool = False) 
         raise InputError(f"{interactions}: no interactions")
     learned = _learn(stages, data, options)
     u2i = pd.DataFrame({"user": [], "item": [], "score": []})
+    parts: list[Path] = []
     i2i = sp.csr_matrix((data.n_items, data.n_items), dtype=np.float32)
     clock = cand.Clock.fitted(data.events, int(data.events["ts"].max()) + 1)
     if options.final_lists:
@@ -198,9 +201,9 @@ def run(data_dir: Path, options: Options | None = None, *, quiet: bool = False) 
         i2i = stages.run(
             "i2i (all data)", lambda: cand.item_to_item(data.events, data.n_items, clock)
         )
-        u2i = stages.run(
+        u2i, parts = stages.run(
             "u2i lists (all data)",
-            lambda: _final_lists(data, data.events, i2i, final, clock, options.exclude),
+            lambda: _final_lists(data, data.events, i2i, final, clock, options),
         )
     stages.close()
     return BatchOutput(
@@ -213,6 +216,7 @@ def run(data_dir: Path, options: Options | None = None, *, quiet: bool = False) 
         stages.timings,
         learned.report,
         learned.digest,
+        parts,
     )
 
 
@@ -337,10 +341,57 @@ def _final_lists(
     i2i: sp.csr_matrix,
     model: Any,
     clock: cand.Clock,
-    exclude: frozenset[str],
-) -> pd.DataFrame:
+    options: Options,
+) -> tuple[pd.DataFrame, list[Path]]:
+    """The u2i lists in memory, or written part by part into ``options.parts_dir``."""
     full = cand.user_candidates(
-        events, data.n_users, data.n_items, clock, i2i, exclude, data.item_category
+        events, data.n_users, data.n_items, clock, i2i, options.exclude, data.item_category
+    ).frame
+    ctx = ranking.FeatureContext.of(events, data, clock)
+    if options.parts_dir is None:
+        frame = ranking.chunk_features(full, ctx)
+        return ranking.top_k(frame, ranking.score(model, frame), TOP_K), []
+    options.parts_dir.mkdir(parents=True, exist_ok=True)
+    block = full["user"].to_numpy() // USERS_PER_PART
+    chunks = [
+        (options.parts_dir / f"part-{n:05d}.parquet", full.loc[block == n])
+        for n in np.unique(block).tolist()
+    ]
+    del full
+    written = engine.current().map(
+        _write_part,
+        chunks,
+        ctx=ctx,
+        model=model,
+        users=np.asarray([str(user) for user in data.users], dtype=object),
+        items=data.items.to_numpy().astype(str),
     )
-    frame = ranking.features(full.frame, events, data, clock)
-    return ranking.top_k(frame, ranking.score(model, frame), TOP_K)
+    return pd.DataFrame({"user": [], "item": [], "score": []}), written
+
+
+def _write_part(
+    chunk: tuple[Path, pd.DataFrame],
+    ctx: ranking.FeatureContext,
+    model: Any,
+    users: np.ndarray,
+    items: np.ndarray,
+) -> Path:
+    """Rank one block of users' candidates and write their lists (runs on a worker)."""
+    path, candidates = chunk
+    frame = ranking.chunk_features(candidates, ctx)
+    top = ranking.top_k(frame, ranking.score(model, frame), TOP_K)
+    write_lists(path, _lists(top, users, items))
+    return path
+
+
+def _lists(u2i: pd.DataFrame, users: np.ndarray, items: np.ndarray) -> Iterator[CandidateList]:
+    """Rows of ``u2i`` (sorted by user, best first) as one candidate list per user."""
+    codes = u2i["user"].to_numpy()
+    names = items[u2i["item"].to_numpy()]
+    scores = u2i["score"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    ends = np.r_[starts[1:], codes.size]
+    for start, end in zip(starts, ends, strict=True):
+        yield CandidateList(
+            str(users[codes[start]]), names[start:end].tolist(), scores[start:end].tolist()
+        )

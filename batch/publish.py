@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import KafkaError, KafkaException, Message
 from confluent_kafka.cimpl import NewTopic
 
+from tandem.batch import engine
+from tandem.batch.candidates_io import read_candidates
 from tandem.batch.exceptions import PushError
 from tandem.batch.saved import Publishable, of_output
 from tandem.contracts import topics
@@ -164,13 +168,24 @@ class Publisher:
         attachments: dict[str, bytes] | None = None,
         partitions: int | None = None,
         on_record: Callable[[], object] | None = None,
+        files: list[Path] | None = None,
     ) -> PushResult:
-        """Push ``rows`` as a new version of ``store``; END_OF_PUSH only if all were delivered."""
+        """Push ``rows`` as a new version of ``store``; END_OF_PUSH only if all were delivered.
+
+        With ``files`` (parquet parts of disjoint entities) instead, each part is produced by a
+        task of the current engine (``engine.current``: on Dask, by the workers, each with its
+        own producer); this process frames the version and sums the parts' counts and checksums.
+        """
         self._settings.policy(store)
         parts = partitions or self._settings.partitions
         version, topic = self._create_topic(store, parts)
         try:
-            return self._push(store, version, topic, parts, rows, metadata, attachments, on_record)
+            write = (
+                functools.partial(self._write_records, rows=rows, on_record=on_record)
+                if files is None
+                else functools.partial(self._write_files, files=files)
+            )
+            return self._push(store, version, topic, parts, write, metadata, attachments)
         except BaseException as e:
             self._abort(store, version, topic, parts, f"{type(e).__name__}: {e}")
             raise
@@ -202,10 +217,9 @@ class Publisher:
         version: int,
         topic: str,
         parts: int,
-        rows: Iterable[CandidateList],
+        write: Callable[[PushResult, _Deliveries], None],
         metadata: dict[str, Any] | None,
         attachments: dict[str, bytes] | None,
-        on_record: Callable[[], object] | None,
     ) -> PushResult:
         started = time.perf_counter()
         result = PushResult(
@@ -219,7 +233,7 @@ class Publisher:
         for name, blob in (attachments or {}).items():
             self._attach(result, name, blob, report)
         log.info("push %s: started with %d partitions", topic, parts)
-        self._write_records(result, rows, report, on_record)
+        write(result, report)
         self._flush(report, f"push {topic}")
         eop_headers = control_headers(Control.END_OF_PUSH, store, version)
         for partition in range(parts):
@@ -258,12 +272,23 @@ class Publisher:
         headers = attachment_headers(result.store, result.version, name)
         self._send(result.topic, None, blob, 0, headers, report)
 
+    def _write_files(self, result: PushResult, report: _Deliveries, files: list[Path]) -> None:
+        """Each file's records produced by a task; their counts and checksums summed here."""
+        self._flush(report, f"push {result.topic} (START_OF_PUSH)")  # framing before records
+        frame = (self._settings, result.store, result.version, result.topic, result.partitions)
+        for counts, checksums in engine.current().map(_produce_file, files, frame=frame):
+            for partition in range(result.partitions):
+                result.counts[partition] += counts[partition]
+                result.checksums[partition] = combine(
+                    result.checksums[partition], checksums[partition]
+                )
+
     def _write_records(
         self,
         result: PushResult,
-        rows: Iterable[CandidateList],
         report: _Deliveries,
-        on_record: Callable[[], object] | None,
+        rows: Iterable[CandidateList],
+        on_record: Callable[[], object] | None = None,
     ) -> None:
         headers = record_headers(result.store, result.version)
         limit = self._settings.max_record_bytes
@@ -303,6 +328,20 @@ class Publisher:
         self._producer.flush(30)
 
 
+def _produce_file(
+    path: Path, frame: tuple[Settings, str, int, str, int]
+) -> tuple[list[int], list[int]]:
+    """Produce one file's records into a started version (a task, maybe on a Dask worker);
+    returns its per-partition counts and checksums."""
+    settings, store, version, topic, parts = frame
+    result = PushResult(store, version, topic, parts, [0] * parts, [0] * parts)
+    report = _Deliveries()
+    with Publisher(settings) as publisher:
+        publisher._write_records(result, report, read_candidates(path))
+        publisher._flush(report, f"push {topic} ({path.name})")
+    return result.counts, result.checksums
+
+
 def publish_output(
     settings: Settings, output: BatchOutput | Publishable, stores: list[str]
 ) -> list[str]:
@@ -322,11 +361,13 @@ def publish_output(
                 attachments["categories"] = what.categories
                 if what.reranker is not None:
                     attachments["model"] = what.reranker.encode()
+            files = what.u2i_parts if store == U2I and what.u2i_parts else None
             result = publisher.publish(
                 store,
-                what.rows[store](),
+                what.rows[store]() if files is None else (),
                 metadata=metadata if store == U2I else {},
                 attachments=attachments,
+                files=files,
             )
             lines.append(result.describe())
     return lines

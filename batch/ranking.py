@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
+from tandem.batch import engine
 from tandem.batch.candidates import SOURCES, Clock, decay, popularity
 from tandem.batch.data import Dataset
 from tandem.contracts.domain import POSITIVE_WEIGHTS
@@ -22,16 +27,57 @@ RANKER_FEATURES = (
     "same_category_as_last",
     "user_activity",
 )
-RECENT_SHARE = 0.05
+RECENT_SHARE = 0.05  # the short-term popularity's half-life, as a share of the fitted one
+ROUNDS = 100
+MIN_BLOCK_ROWS = 500_000  # training rows per worker before the ranker trains data-parallel
 # One thread: LightGBM's OpenMP threads spin while they wait, and on a shared machine two
 # of them took 40x longer than one (78 s against 2 s for the default synthetic set).
-THREADS = 1  # the short-term popularity's half-life, as a share of the fitted one
+THREADS = 1
+
+
+@dataclass(frozen=True)
+class FeatureContext:
+    """What the features need from the interactions, computed once: item and per-user tables
+    (small beside the candidates), so any chunk of users' candidates gets its features alone,
+    in this process or on a Dask worker, with the same numbers."""
+
+    item_pop: np.ndarray
+    item_recent_pop: np.ndarray
+    item_category: np.ndarray
+    category_share: np.ndarray  # users × categories
+    recent_category_share: np.ndarray
+    last_category: np.ndarray  # per user, -1 without history
+    activity: np.ndarray
+
+    @classmethod
+    def of(cls, events: pd.DataFrame, data: Dataset, clock: Clock) -> FeatureContext:
+        """The context of the interactions in ``events``."""
+        short = Clock(clock.now_ms, clock.half_life_ms * RECENT_SHARE)
+        weight = events["weight"].to_numpy()
+        recent_weight = weight * decay(events["ts"].to_numpy(), short)
+        last = events.drop_duplicates("user", keep="last")  # sorted by user, then time
+        last_category = np.full(data.n_users, -1)
+        last_category[last["user"].to_numpy()] = data.item_category[last["item"].to_numpy()]
+        return cls(
+            np.log1p(popularity(events, data.n_items, clock)),
+            np.log1p(popularity(events, data.n_items, short)),
+            data.item_category,
+            _category_share(events, data, weight),
+            _category_share(events, data, recent_weight),
+            last_category,
+            np.log1p(np.bincount(events["user"].to_numpy(), minlength=data.n_users)),
+        )
 
 
 def features(
     frame: pd.DataFrame, events: pd.DataFrame, data: Dataset, clock: Clock
 ) -> pd.DataFrame:
     """Ranker features of every candidate row, from the interactions in ``events``."""
+    return chunk_features(frame, FeatureContext.of(events, data, clock))
+
+
+def chunk_features(frame: pd.DataFrame, ctx: FeatureContext) -> pd.DataFrame:
+    """Ranker features of candidate rows (whole users: ranks are within a user's list)."""
     out = frame.copy()
     out["n_sources"] = (out[list(SOURCES)] > 0).sum(axis=1).astype(np.float32)
     for source, rank in zip(SOURCES, RANKS, strict=True):
@@ -39,24 +85,14 @@ def features(
         ranks = out.loc[out[source] > 0].groupby("user")[source].rank(ascending=False)
         out[rank] = 0.0
         out.loc[ranks.index, rank] = 1.0 / ranks.to_numpy()
-    pop = np.log1p(popularity(events, data.n_items, clock))
-    out["item_pop"] = pop[out["item"].to_numpy()]
-    short = Clock(clock.now_ms, clock.half_life_ms * RECENT_SHARE)
-    recent = np.log1p(popularity(events, data.n_items, short))
-    out["item_recent_pop"] = recent[out["item"].to_numpy()]
-    users, item_cat = out["user"].to_numpy(), data.item_category[out["item"].to_numpy()]
-    weight = events["weight"].to_numpy()
-    out["user_category_share"] = _category_share(events, data, weight)[users, item_cat]
-    recent_weight = weight * decay(events["ts"].to_numpy(), short)
-    out["user_recent_category_share"] = _category_share(events, data, recent_weight)[
-        users, item_cat
-    ]
-    last = events.drop_duplicates("user", keep="last")  # events are sorted by user, then time
-    last_category = np.full(data.n_users, -1)
-    last_category[last["user"].to_numpy()] = data.item_category[last["item"].to_numpy()]
-    out["same_category_as_last"] = (last_category[users] == item_cat).astype(np.float32)
-    activity = np.log1p(np.bincount(events["user"].to_numpy(), minlength=data.n_users))
-    out["user_activity"] = activity[out["user"].to_numpy()]
+    items = out["item"].to_numpy()
+    out["item_pop"] = ctx.item_pop[items]
+    out["item_recent_pop"] = ctx.item_recent_pop[items]
+    users, item_cat = out["user"].to_numpy(), ctx.item_category[items]
+    out["user_category_share"] = ctx.category_share[users, item_cat]
+    out["user_recent_category_share"] = ctx.recent_category_share[users, item_cat]
+    out["same_category_as_last"] = (ctx.last_category[users] == item_cat).astype(np.float32)
+    out["user_activity"] = ctx.activity[users]
     for column in RANKER_FEATURES:
         out[column] = out[column].astype(np.float32)
     return out
@@ -69,7 +105,10 @@ def _category_share(events: pd.DataFrame, data: Dataset, weight: np.ndarray) -> 
     share = np.bincount(
         events["user"].to_numpy() * n_cat + category, weights=weight, minlength=data.n_users * n_cat
     ).reshape(data.n_users, n_cat)
-    result: np.ndarray = share / np.maximum(share.sum(axis=1, keepdims=True), 1e-9)
+    # float32: the features are float32 anyway, and the table goes to every Dask worker
+    result: np.ndarray = (share / np.maximum(share.sum(axis=1, keepdims=True), 1e-9)).astype(
+        np.float32
+    )
     return result
 
 
@@ -89,15 +128,12 @@ def train(frame: pd.DataFrame, label: np.ndarray, seed: int = 0) -> lgb.Booster:
     useful = frame.groupby("user")["label"].transform("max") > 0
     frame = frame.loc[useful]
     grade = frame["label"].to_numpy()
-    dataset = lgb.Dataset(
-        frame[list(RANKER_FEATURES)].to_numpy(),
-        label=(grade > 0).astype(np.float32),
-        weight=np.maximum(grade, 1).astype(np.float32),
-        feature_name=list(RANKER_FEATURES),
-    )
+    x = frame[list(RANKER_FEATURES)].to_numpy()
+    target = (grade > 0).astype(np.float32)
+    weight = np.maximum(grade, 1).astype(np.float32)
     # A pointwise objective with strong leaves: lambdarank over-fitted the validation window
     # (below its own best feature on the held-out data).
-    params = {
+    params: dict[str, Any] = {
         "objective": "binary",
         "learning_rate": 0.05,
         "num_leaves": 15,
@@ -107,8 +143,42 @@ def train(frame: pd.DataFrame, label: np.ndarray, seed: int = 0) -> lgb.Booster:
         "num_threads": THREADS,
         "deterministic": True,
         "force_row_wise": True,
+        "feature_pre_filter": False,
+        "min_data_in_bin": 1,
     }
-    return lgb.train(params, dataset, num_boost_round=100)
+    on = engine.current()
+    if isinstance(on, engine.OnDask):
+        return _train_on_dask(on, params, x, target, weight)
+    dataset = lgb.Dataset(x, label=target, weight=weight, feature_name=list(RANKER_FEATURES))
+    return lgb.train(params, dataset, num_boost_round=ROUNDS)
+
+
+def _train_on_dask(
+    on: engine.OnDask, params: dict[str, Any], x: np.ndarray, target: np.ndarray, w: np.ndarray
+) -> lgb.Booster:
+    """The same model trained by ``lightgbm.dask`` on the cluster: the rows cut into one block
+    per worker (data-parallel: each worker builds the histograms of its block), blocks of at
+    least ``MIN_BLOCK_ROWS``. Below that one worker trains alone and the model is the serial
+    one; data-parallel trees differ a little from serial ones (3% NDCG@10 on 1,000 users)."""
+    import dask.array as da
+    from lightgbm.dask import DaskLGBMClassifier
+
+    workers = max(len(on.client.scheduler_info()["workers"]), 1)
+    rows = max(-(-x.shape[0] // workers), MIN_BLOCK_ROWS)
+    threads = {"num_threads"}  # lightgbm.dask sets each worker's threads itself
+    kept = {name: value for name, value in params.items() if name not in threads}
+    model = DaskLGBMClassifier(client=on.client, n_estimators=ROUNDS, **kept)
+    blocks: Callable[..., Any] = da.from_array  # dask is not typed
+    model.fit(
+        blocks(x, chunks=(rows, x.shape[1])),
+        blocks(target, chunks=rows),
+        sample_weight=blocks(w, chunks=rows),
+        feature_name=list(RANKER_FEATURES),
+    )
+    on.tasks += workers
+    on.ranker_fits += 1
+    booster: lgb.Booster = model.to_local().booster_
+    return booster
 
 
 def score(model: lgb.Booster, frame: pd.DataFrame) -> np.ndarray:

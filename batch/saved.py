@@ -1,11 +1,12 @@
 """A batch run's output kept in a folder (``tandem batch run --out DIR``) to publish later
 (``tandem publish --from-batch DIR``): one parquet file of candidate lists per store (the
-``tandem publish --from`` format), the item categories, the re-ranker and the metrics."""
+``tandem publish --from`` format; u2i may be a ``u2i/`` folder of parts, one per user
+partition, as a Dask run writes it), the item categories, the re-ranker and the metrics."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
 LISTS = {U2I: "u2i.parquet", I2I: "i2i.parquet", POPULAR: "popular.parquet"}
 CATEGORIES, RERANKER, METRICS = "categories.json", "reranker.txt", "metrics.json"
+PARTS = "u2i"  # u2i/part-NNNNN.parquet: u2i written partition by partition (on Dask)
 ROWS_PER_BATCH = 10_000
 SCHEMA = pa.schema(
     [
@@ -41,6 +43,7 @@ class Publishable:
     categories: bytes
     reranker: str | None
     metrics: dict[str, float]
+    u2i_parts: list[Path] = field(default_factory=list)  # u2i as written partition by partition
 
 
 def of_output(output: BatchOutput) -> Publishable:
@@ -50,6 +53,7 @@ def of_output(output: BatchOutput) -> Publishable:
         output.categories_json(),
         output.reranker_model,
         output.metrics,
+        output.u2i_parts,
     )
 
 
@@ -59,25 +63,12 @@ def save(output: BatchOutput, out: Path) -> list[Path]:
     what = of_output(output)
     written = []
     for store, name in LISTS.items():
+        parts = output.u2i_parts if store == U2I else []
+        if parts and all(part.parent == out / PARTS for part in parts):
+            written += parts  # written there partition by partition already
+            continue
         written.append(out / name)
-        with pq.ParquetWriter(out / name, SCHEMA) as writer:
-            rows = what.rows[store]()
-            while batch := list(islice(rows, ROWS_PER_BATCH)):
-                writer.write_table(
-                    pa.Table.from_pylist(
-                        [
-                            {
-                                "entity_id": row.entity_id,
-                                "items": [
-                                    {"item_id": i, "score": s}
-                                    for i, s in zip(row.item_ids, row.scores, strict=True)
-                                ],
-                            }
-                            for row in batch
-                        ],
-                        schema=SCHEMA,
-                    )
-                )
+        write_lists(out / name, what.rows[store]())
     (out / CATEGORIES).write_bytes(what.categories)
     (out / METRICS).write_bytes(orjson.dumps(what.metrics, option=orjson.OPT_INDENT_2))
     written += [out / CATEGORIES, out / METRICS]
@@ -87,9 +78,38 @@ def save(output: BatchOutput, out: Path) -> list[Path]:
     return written
 
 
+def write_lists(path: Path, rows: Iterable[CandidateList]) -> int:
+    """Candidate lists into one parquet file (the ``tandem publish --from`` format); returns
+    how many were written."""
+    count = 0
+    with pq.ParquetWriter(path, SCHEMA) as writer:
+        rows = iter(rows)
+        while batch := list(islice(rows, ROWS_PER_BATCH)):
+            count += len(batch)
+            writer.write_table(
+                pa.Table.from_pylist(
+                    [
+                        {
+                            "entity_id": row.entity_id,
+                            "items": [
+                                {"item_id": i, "score": s}
+                                for i, s in zip(row.item_ids, row.scores, strict=True)
+                            ],
+                        }
+                        for row in batch
+                    ],
+                    schema=SCHEMA,
+                )
+            )
+    return count
+
+
 def load_saved(folder: Path) -> Publishable:
     """A folder written by ``save``, checked for its files before anything is pushed."""
+    parts = sorted((folder / PARTS).glob("part-*.parquet"))
     needed = [*LISTS.values(), CATEGORIES, METRICS]
+    if parts:
+        needed.remove(LISTS[U2I])
     missing = [name for name in needed if not (folder / name).is_file()]
     if missing:
         raise InputError(
@@ -101,13 +121,17 @@ def load_saved(folder: Path) -> Publishable:
     except orjson.JSONDecodeError as e:
         raise InputError(f"{folder / METRICS}: not valid JSON ({e})") from e
     reranker = folder / RERANKER
+    rows = {store: _reader([folder / name]) for store, name in LISTS.items()}
+    if parts:
+        rows[U2I] = _reader(parts)
     return Publishable(
-        {store: _reader(folder / name) for store, name in LISTS.items()},
+        rows,
         (folder / CATEGORIES).read_bytes(),
         reranker.read_text() if reranker.is_file() else None,
         metrics,
+        parts,
     )
 
 
-def _reader(path: Path) -> Callable[[], Iterator[CandidateList]]:
-    return lambda: read_candidates(path)
+def _reader(paths: list[Path]) -> Callable[[], Iterator[CandidateList]]:
+    return lambda: (row for path in paths for row in read_candidates(path))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -11,8 +14,23 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.common import machine
-from tandem.batch.pipeline import StageTiming, run
+from tandem.batch import engine
+from tandem.batch.pipeline import Options, StageTiming, run
+from tandem.batch.saved import PARTS
 from tandem.batch.synth import SynthSpec, write
+
+
+@dataclass(frozen=True)
+class DaskRow:
+    """The same run on a LocalCluster: wall time, the driver's and each worker's peak memory."""
+
+    workers: int
+    memory_limit: str
+    seconds: float
+    driver_peak_mb: float
+    worker_peak_mb: list[float]
+    tasks: int
+    metrics: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -25,6 +43,7 @@ class BatchBenchResult:
     read_s: float
     stages: list[StageTiming]
     metrics: dict[str, float]
+    dask: DaskRow | None = None
 
     def markdown(self) -> str:
         """The RESULTS.md section."""
@@ -63,11 +82,38 @@ class BatchBenchResult:
                 )
             ),
         ]
+        if self.dask is not None:
+            rows += ["", *self.dask_rows(total, peak)]
         return "\n".join(rows)
 
+    def dask_rows(self, total: float, peak: float) -> list[str]:
+        """Single process beside the Dask run (u2i written part by part by the workers)."""
+        assert self.dask is not None
+        d = self.dask
+        workers = ", ".join(f"{mb:,.0f}" for mb in d.worker_peak_mb)
+        ndcg = "ranker_ndcg@10"
+        return [
+            f"### Single process and Dask ({d.workers} workers, `memory_limit={d.memory_limit}` "
+            "each)",
+            "",
+            f"| run | seconds | peak RSS MB, driver | peak RSS MB per worker | tasks | {ndcg} |",
+            "|---|---|---|---|---|---|",
+            f"| single process | {total:.0f} | {peak:,.0f} | - | - | "
+            f"{self.metrics.get(ndcg, 0.0):.4f} |",
+            f"| Dask LocalCluster | {d.seconds:.0f} | {d.driver_peak_mb:,.0f} | {workers} | "
+            f"{d.tasks} | {d.metrics.get(ndcg, 0.0):.4f} |",
+        ]
 
-def bench(users: int, items: int, events_per_user: float) -> BatchBenchResult:
-    """Generate the set, time a plain read of it, then run the batch stage."""
+
+def bench(
+    users: int,
+    items: int,
+    events_per_user: float,
+    dask_workers: int = 0,
+    memory_limit: str = "1.5GB",
+) -> BatchBenchResult:
+    """Generate the set, time a plain read of it, then run the batch stage (and, with
+    ``dask_workers``, again on a LocalCluster of that many workers, in a fresh process)."""
     spec = SynthSpec(users=users, items=items, days=28, events_per_user=events_per_user, seed=1)
     with tempfile.TemporaryDirectory(prefix="tandem-batch-") as tmp:
         folder = Path(tmp)
@@ -78,5 +124,50 @@ def bench(users: int, items: int, events_per_user: float) -> BatchBenchResult:
         pd.read_parquet(folder / "interactions.parquet")
         read_s = time.perf_counter() - started
         output = run(folder, quiet=False)
-    _ = resource.getrusage(resource.RUSAGE_SELF)
-    return BatchBenchResult(spec, events, synth_s, read_s, output.timings, output.metrics)
+        dask = _on_dask(folder, dask_workers, memory_limit) if dask_workers else None
+    return BatchBenchResult(spec, events, synth_s, read_s, output.timings, output.metrics, dask)
+
+
+def _on_dask(folder: Path, workers: int, memory_limit: str) -> DaskRow:
+    """The Dask run in a child process, so its driver's peak is its own."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        subprocess.run(
+            [
+                *(sys.executable, "-m", "benchmarks.batch_bench", str(folder)),
+                *(str(workers), memory_limit, out.name),
+            ],
+            check=True,
+        )
+        return DaskRow(**json.loads(Path(out.name).read_text()))
+
+
+def _worker_peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def dask_run(folder: Path, workers: int, memory_limit: str) -> DaskRow:
+    """``tandem batch run --dask-workers N`` on ``folder``, u2i written part by part."""
+    with (
+        engine.dask_cluster(None, workers, memory_limit) as (on_dask, dashboard),
+        engine.using(on_dask),
+        tempfile.TemporaryDirectory(prefix="tandem-parts-") as parts,
+    ):
+        print(f"dask dashboard: {dashboard}", flush=True)
+        started = time.perf_counter()
+        output = run(folder, Options(parts_dir=Path(parts) / PARTS), quiet=False)
+        seconds = time.perf_counter() - started
+        peaks = on_dask.client.run(_worker_peak_mb)
+    return DaskRow(
+        workers,
+        memory_limit,
+        seconds,
+        _worker_peak_mb(),
+        [peaks[address] for address in sorted(peaks)],
+        on_dask.tasks,
+        {k: v for k, v in output.metrics.items() if k.startswith(("ranker_", "candidates_"))},
+    )
+
+
+if __name__ == "__main__":
+    row = dask_run(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
+    Path(sys.argv[4]).write_text(json.dumps(row.__dict__))

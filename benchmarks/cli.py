@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import dataclasses
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -301,20 +303,47 @@ def bench_api(
         json_path.write_text(json.dumps(result.to_json(), indent=2) + "\n")
 
 
+def _synth_option(
+    name: str, default: float, kind: click.ParamType, text: str
+) -> Callable[[Any], Any]:
+    """An option sizing the synthetic set."""
+    return click.option(name, default=default, show_default=True, type=kind, help=text)
+
+
 @bench.command("batch")
-@click.option("--users", default=100_000, show_default=True, type=click.IntRange(100, 10**7))
-@click.option("--items", default=20_000, show_default=True, type=click.IntRange(100, 10**7))
+@_synth_option("--users", 100_000, click.IntRange(100, 10**7), "Users of the synthetic set.")
+@_synth_option("--items", 20_000, click.IntRange(100, 10**7), "Items of the synthetic set.")
+@_synth_option(
+    "--events-per-user", 50.0, click.FloatRange(2, 10_000), "Mean interactions per user."
+)
+@_synth_option(
+    "--dask-workers",
+    0,
+    click.IntRange(0, 64),
+    "Also run on a LocalCluster of N workers (0: single process only).",
+)
 @click.option(
-    "--events-per-user", default=50.0, show_default=True, type=click.FloatRange(2, 10_000)
+    "--worker-memory",
+    default="1.5GB",
+    show_default=True,
+    help="Each Dask worker's memory limit (below the single-process peak, to show it fits).",
 )
 @write_option
-def bench_batch(users: int, items: int, events_per_user: float, write: Path | None) -> None:
+def bench_batch(
+    users: int,
+    items: int,
+    events_per_user: float,
+    dask_workers: int,
+    worker_memory: str,
+    write: Path | None,
+) -> None:
     """Wall time and peak memory of the batch stage, stage by stage (no services needed)."""
-    result = batch_bench.bench(users, items, events_per_user)
+    result = batch_bench.bench(users, items, events_per_user, dask_workers, worker_memory)
     _report(
         "batch",
         f"python -m benchmarks batch --users {users} --items {items} "
-        f"--events-per-user {events_per_user:g}",
+        f"--events-per-user {events_per_user:g} --dask-workers {dask_workers} "
+        f"--worker-memory {worker_memory}",
         result.markdown(),
         write,
     )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -207,7 +209,10 @@ def _engine(address: str | None, workers: int | None) -> Iterator[None]:
     with engine.dask_cluster(address, workers) as (on_dask, dashboard), engine.using(on_dask):
         click.echo(f"dask dashboard: {dashboard}")
         yield
-        click.echo(f"dask: {on_dask.tasks} tasks ran on {len(on_dask.workers)} worker(s)")
+        click.echo(
+            f"dask: {on_dask.tasks} tasks ran on {len(on_dask.workers)} worker(s); "
+            f"{on_dask.ranker_fits} ranker(s) trained with lightgbm.dask"
+        )
 
 
 def _options(protocol: str, last_n: str, exclude_seen: str, seed: int, lists: bool) -> Any:
@@ -263,7 +268,9 @@ def _evaluation_options(command: Callable[..., None]) -> Callable[..., None]:
             "--dask",
             "dask_address",
             default=None,
-            help="Run the chunked steps on the Dask scheduler at this address (tcp://host:8786).",
+            help="Run the chunked steps on the Dask scheduler at this address (tcp://host:8786); "
+            "batch run writes u2i there part by part, into --out (give a folder every worker "
+            "can write).",
         ),
         click.option(
             "--dask-workers",
@@ -314,21 +321,25 @@ def batch_run(
     """Run the batch stage on DATA; with --publish, push u2i (with its re-ranker), i2i, popular."""
     from tandem.batch import pipeline
     from tandem.batch.publish import check_broker, publish_output
-    from tandem.batch.saved import save
+    from tandem.batch.saved import PARTS, save
 
     chosen = _stores(stores)
     options = _options(protocol, last_n, exclude_seen, seed, True)
     if do_publish:  # minutes of training are not spent on output nobody can receive
         check_broker(settings_of(ctx))
-    with _engine(dask_address, dask_workers):
+    on_dask = dask_address is not None or dask_workers is not None
+    with _engine(dask_address, dask_workers), tempfile.TemporaryDirectory() as scratch:
+        if on_dask:  # u2i written and published part by part by the workers
+            parts = (out or Path(scratch)) / PARTS
+            options = dataclasses.replace(options, parts_dir=parts)
         output = pipeline.run(data_dir, options)
-    click.echo(output.table())
-    if out is not None:
-        written = save(output, out)
-        click.echo(f"kept {len(written)} files in {out}: `tandem publish --from-batch {out}`")
-    if do_publish:
-        for line in publish_output(settings_of(ctx), output, chosen):
-            click.echo(line)
+        click.echo(output.table())
+        if out is not None:
+            written = save(output, out)
+            click.echo(f"kept {len(written)} files in {out}: `tandem publish --from-batch {out}`")
+        if do_publish:
+            for line in publish_output(settings_of(ctx), output, chosen):
+                click.echo(line)
 
 
 @batch.command("evaluate")

@@ -1,4 +1,5 @@
-"""The batch stage's chunked steps on a small Dask LocalCluster give the single-process metrics."""
+"""The batch stage on a small Dask LocalCluster (chunked steps, the ranker trained with
+lightgbm.dask) gives the single-process metrics."""
 
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ def test_two_dask_workers_give_the_single_process_metrics(folder: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "dask dashboard: http" in done.stdout
     ran = next(line for line in done.stdout.splitlines() if line.startswith("dask: "))
-    assert ran.endswith("ran on 2 worker(s)"), ran  # the chunks did run on both workers
+    assert "ran on 2 worker(s)" in ran, ran  # the chunks did run on both workers
+    assert ran.endswith("1 ranker(s) trained with lightgbm.dask"), ran
     printed = {
         line.split()[0]: float(line.split()[1])
         for line in done.stdout.splitlines()
