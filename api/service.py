@@ -266,6 +266,10 @@ class RecommendationService:
                 await self.hidden.sync(version, self._hidden_items.items)
             except (RedisError, OSError) as e:
                 log.debug("hidden items not refreshed: %r", e)
+            except Exception:
+                # A background loop must outlive a client's bug: redis-py's cluster client can
+                # raise AttributeError on a connection a failover closed under it.
+                log.warning("hidden items not refreshed", exc_info=True)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), every_s)
 

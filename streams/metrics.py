@@ -61,13 +61,13 @@ def applied(ts_ms: int) -> None:
 
 
 ONLINE = Counter(
-    "tandem_streams_online_total",
+    "tandem_worker_online_total",
     "Impressions and attributed events (click, add_to_cart, purchase) per version and variant",
     ["store", "version", "variant", "metric"],
     registry=REGISTRY,
 )
 UNATTRIBUTED = Counter(
-    "tandem_streams_unattributed_total",
+    "tandem_worker_unattributed_total",
     "Clicks, add-to-carts and purchases matching no impression within the window",
     registry=REGISTRY,
 )

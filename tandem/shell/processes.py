@@ -32,6 +32,7 @@ def environment(settings: Settings, **extra: str) -> dict[str, str]:
         "TANDEM_EVENTS_PARTITIONS": str(settings.events_partitions),
         "TANDEM_REPLICATION_FACTOR": str(settings.replication_factor),
         "TANDEM_STATE_DIR": str(settings.state_dir),
+        "TANDEM_IMPRESSIONS_SAMPLE": repr(settings.impressions_sample),
         **extra,
     }
     if settings.admin_token is not None:

@@ -46,6 +46,12 @@ async def two_versions(redis: Redis, keys: Keys, users: list[str]) -> tuple[int,
     return live, canary
 
 
+@pytest.fixture
+def api_settings(api_settings: Settings) -> Settings:
+    """The API's settings with every answer logged (the suite's default logs none)."""
+    return api_settings.model_copy(update={"impressions_sample": 1.0})
+
+
 async def test_canary_serves_a_stable_share_and_never_mixes_versions(
     client: Client, redis: Redis, keys: Keys, api_settings: Settings
 ) -> None:
