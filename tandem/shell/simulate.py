@@ -235,7 +235,9 @@ def _report(
 async def simulate(settings: Settings, folder: Path, spec: Spec) -> dict[str, Any]:
     """Both experiments on running services (``settings``), with the worker, the API and the
     guard started here as their own processes."""
-    settings = guarded(settings, spec)
+    # The guard decides from the impression log: every answer goes to it, whatever the caller's
+    # sampling (the test suite, for one, logs none by default).
+    settings = guarded(settings, spec).model_copy(update={"impressions_sample": 1.0})
     await write_version(settings, int(time.strftime("%Y%m%d%H%M%S")) * 1000, spec.users, "control")
     port = devservices.free_port()
     url = f"http://127.0.0.1:{port}"
