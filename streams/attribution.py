@@ -7,7 +7,10 @@ among the items shown. Each impression counts at most one click, one add-to-cart
 purchase (so CTR and conversion are shares of impressions, and a redelivered event counts once).
 
 Counters live in Redis (every process and the guard see them): per experiment
-(``Keys.experiment``: control against canary) and per store version (``Keys.online``).
+(``Keys.experiment``: control against canary) and per store version (``Keys.online``). An
+impression is counted once: only by the write that creates its slot, so a redelivered record or
+a retried flush adds nothing, and one older than the window is skipped, so a new consumer group
+replaying ``tandem.impressions`` from its start does not count old answers again.
 """
 
 from __future__ import annotations
@@ -88,11 +91,18 @@ class Attribution:
     events: list[tuple[Event, float]] = field(default_factory=list)
 
     def add_impression(self, raw: bytes) -> None:
-        """Queue one impression record (an unreadable one is logged and skipped)."""
+        """Queue one impression record (an unreadable one is logged and skipped, one older than
+        the window is skipped: it was counted when it was new)."""
         try:
-            self.impressions.append(parse_impression(raw))
+            shown, body = parse_impression(raw)
         except ValidationError as e:
             log.warning("skipping an unreadable impression: %s", e)
+            return
+        age_ms = time.time() * 1000 - float(body.get("ts_ms") or 0)
+        if age_ms > self.window_s * 1000:
+            metrics.SKIPPED_IMPRESSIONS.labels("older_than_window").inc()
+            return
+        self.impressions.append((shown, body))
 
     def add_event(self, event: Event) -> None:
         """Queue an event that may be attributed (clicks, add-to-carts, purchases)."""
@@ -108,7 +118,9 @@ class Attribution:
             if impressions:
                 await self._write_impressions(impressions)
         except BaseException:
-            self.impressions[:0] = impressions  # written again by the retry (counts may repeat)
+            # the retry counts only the impressions whose slot is not written yet (a failure
+            # between a slot and its counts loses those counts; it never doubles them)
+            self.impressions[:0] = impressions
             raise
         events, self.events = self.events, []
         try:
@@ -120,9 +132,15 @@ class Attribution:
 
     async def _write_impressions(self, found: list[tuple[Shown, dict[str, Any]]]) -> None:
         pipe = self.redis.pipeline(transaction=False)
-        for shown, body in found:
+        for shown, _ in found:
             key = self.keys.impression(shown.user_id, shown.request_id)
-            pipe.set(key, shown.encode(), ex=self.window_s)
+            pipe.set(key, shown.encode(), ex=self.window_s, nx=True)
+        created = await pipe.execute()
+        pipe = self.redis.pipeline(transaction=False)
+        for (shown, body), new in zip(found, created, strict=True):
+            if not new:
+                metrics.SKIPPED_IMPRESSIONS.labels("seen_before").inc()
+                continue
             pipe.set(self.keys.last_impression(shown.user_id), shown.request_id, ex=self.window_s)
             self._count(pipe, shown, "impressions")
             if body.get("degraded"):

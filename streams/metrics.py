@@ -71,3 +71,10 @@ UNATTRIBUTED = Counter(
     "Clicks, add-to-carts and purchases matching no impression within the window",
     registry=REGISTRY,
 )
+SKIPPED_IMPRESSIONS = Counter(
+    "tandem_worker_impressions_skipped_total",
+    "Impressions not counted again: seen before (a redelivery or retry), or older than the "
+    "attribution window (a new consumer group replaying the topic)",
+    ["reason"],
+    registry=REGISTRY,
+)

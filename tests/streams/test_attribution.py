@@ -22,6 +22,7 @@ from tandem.store.experiments import VariantStats, parse_counters
 from tandem.store.keys import Keys
 from tandem.store.online import Assignment
 from tandem.streams.app import WorkerOptions
+from tandem.streams.attribution import Attribution
 from tandem.streams.produce import EventProducer
 from tandem.streams.runner import running
 from tests.helpers import wait_for
@@ -31,8 +32,11 @@ pytestmark = pytest.mark.integration
 LIVE, CANARY = 30_000_000_000_000_001, 30_000_000_000_000_002
 
 
-def impression(user: str, request_id: str, items: list[str], canary: bool) -> bytes:
-    """A record as the API logs it: u2i live or canary, in the experiment of CANARY."""
+def impression(
+    user: str, request_id: str, items: list[str], canary: bool, age_s: float = 0.0
+) -> bytes:
+    """A record as the API logs it (``age_s`` ago): u2i live or canary, in the experiment of
+    CANARY."""
     body = {
         "user_id": user,
         "items": [{"item_id": i, "score": 1.0, "sources": ["u2i"]} for i in items],
@@ -41,7 +45,7 @@ def impression(user: str, request_id: str, items: list[str], canary: bool) -> by
     }
     assignment = Assignment(("u2i",) if canary else (), (("u2i", CANARY, 0.5),))
     found = Impression(
-        request_id, int(time.time() * 1000), 3.0, False, orjson.dumps(body), assignment
+        request_id, int((time.time() - age_s) * 1000), 3.0, False, orjson.dumps(body), assignment
     )
     return orjson.dumps(record(found))
 
@@ -107,3 +111,33 @@ async def test_events_are_attributed_to_their_impressions(
     rows = orjson.loads(shown.output)[0]["online"]
     (row,) = [r for r in rows if r["version"] == str(LIVE) and r["variant"] == "control"]
     assert (row["impressions"], row["clicks"], row["purchases"], row["ctr"]) == (1, 1, 1, 1.0)
+
+
+async def test_an_impression_counts_once_and_a_replayed_old_one_not_again(
+    redis: Redis, keys: Keys
+) -> None:
+    """A redelivered record, a retried flush, and a new consumer group replaying the topic from
+    its start must not count the same answer twice."""
+    attribution = Attribution(redis, keys, window_s=60)
+    field = f"{LIVE}:control:impressions"
+
+    async def count() -> int:
+        return int(await redis.hget(keys.online("u2i"), field) or 0)
+
+    before = await count()
+    user = "u" + uuid.uuid4().hex[:10]
+    fresh = impression(user, "r" + uuid.uuid4().hex[:10], ["a"], canary=False)
+    attribution.add_impression(fresh)
+    attribution.add_impression(fresh)  # redelivered within one batch
+    await attribution.flush()
+    attribution.add_impression(fresh)  # redelivered later (or the batch retried)
+    await attribution.flush()
+    assert await count() == before + 1
+    old = impression(user, "r" + uuid.uuid4().hex[:10], ["b"], canary=False, age_s=120)
+    attribution.add_impression(old)  # older than the window: counted when it was new
+    await attribution.flush()
+    assert await count() == before + 1
+    other = impression(user, "r" + uuid.uuid4().hex[:10], ["c"], canary=False, age_s=30)
+    attribution.add_impression(other)
+    await attribution.flush()
+    assert await count() == before + 2
