@@ -408,6 +408,7 @@ class RecommendationService:
         ][:k]
         core = _core(user, items, Versions(None, None, None), "none", True, "redis unavailable")
         core = _with_variant(core, Assignment())
+        self._impression(core, Assignment(), started, cached=False)  # shown, so logged too
         return Answer(_envelope(core, cached=False, started=started), "degraded")
 
     def _cache(self, data: RequestData, core: bytes) -> None:

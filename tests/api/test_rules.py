@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from typing import Any
 
 import orjson
@@ -46,8 +47,11 @@ async def seed(redis: Redis, keys: Keys, users: list[str]) -> None:
     await put_version(redis, keys, "popular", 1, {"global": popular})
 
 
-async def answer(client: Client, user: str, query: str = "k=5") -> dict[str, Any]:
-    response = await client.get(f"/v1/recommendations/{user}?{query}")
+async def answer(
+    client: Client, user: str, query: str = "k=5", request_id: str | None = None
+) -> dict[str, Any]:
+    headers = {"X-Request-ID": request_id} if request_id else {}
+    response = await client.get(f"/v1/recommendations/{user}?{query}", headers=headers)
     assert response.status == 200, await response.text()
     body: dict[str, Any] = orjson.loads(await response.read())
     return body
@@ -201,7 +205,9 @@ async def test_the_fallback_snapshot_obeys_the_rules_too(
     own = devservices.start_redis(devservices.free_port(), tmp_path)
     try:
         url = f"redis://127.0.0.1:{own.port}/0"
-        settings = api_settings.model_copy(update={"redis_url": SecretStr(url)})
+        settings = api_settings.model_copy(
+            update={"redis_url": SecretStr(url), "impressions_sample": 1.0}
+        )
         redis = Redis.from_url(url)
         await seed(redis, Keys(settings.key_prefix), ["alice"])
         await redis.aclose()
@@ -215,10 +221,19 @@ async def test_the_fallback_snapshot_obeys_the_rules_too(
 
             await wait_for(synced, 1.0, "the process to see the hide")
             devservices.stop(own.pid)
-            body = await answer(client, "nobody", "k=3&exclude=p1")
+            request_id = "fallback" + uuid.uuid4().hex[:8]
+            body = await answer(client, "nobody", "k=3&exclude=p1", request_id)
             assert body["degraded"] is True
             assert body["degraded_reason"] == "redis unavailable"
             assert ids(body) == ["p0", "p2", "p3"]
+
+            async def logged() -> list[dict[str, Any]]:  # what the user saw is logged too
+                read = await asyncio.to_thread(read_topic, settings, topics.IMPRESSIONS)
+                found = [orjson.loads(v) for k, v in read if k == b"nobody"]
+                return [r for r in found if r["degraded"] and r["request_id"] == request_id]
+
+            [fallback] = await wait_for(logged, 10, "the fallback answer's impression")
+            assert [item["item_id"] for item in fallback["items"]] == ["p0", "p2", "p3"]
     finally:
         devservices.stop(own.pid)
 
