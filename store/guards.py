@@ -3,7 +3,9 @@
 :func:`judge` is pure (counters and a policy in, a decision out). :class:`Guard` applies it to
 every store's canary, one bounded pass per :meth:`Guard.check`: a breached guard aborts the
 canary (rejected, with the reasons in the registry and on ``tandem.versions``); a canary that
-reached its promotion sample with no guard objecting goes live.
+reached its promotion sample with no guard objecting goes live. :meth:`Guard.run` repeats the
+pass, and gives up (raises) when every pass failed for ``give_up_s``: a guard that cannot read
+the counters must not look alive.
 """
 
 from __future__ import annotations
@@ -12,9 +14,13 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from prometheus_client import Counter, Gauge
+
+from tandem.contracts.metrics import component_registry
 from tandem.contracts.settings import GuardPolicy
 from tandem.store.experiments import CANARY, CONTROL, VariantStats
 from tandem.store.registry import now_ms
@@ -23,6 +29,23 @@ if TYPE_CHECKING:
     from tandem.store.admin import VersionAdmin
 
 log = logging.getLogger(__name__)
+
+REGISTRY = component_registry()  # what `tandem guard --metrics-port` exports
+PASSES = Counter(
+    "tandem_guard_passes_total", "Passes over the stores, by outcome", ["outcome"],
+    registry=REGISTRY,
+)  # fmt: skip
+DECISIONS = Counter(
+    "tandem_guard_decisions_total",
+    "Canaries aborted or promoted, and live versions rolled back, by the guard",
+    ["store", "action"],
+    registry=REGISTRY,
+)
+LAST_PASS = Gauge(
+    "tandem_guard_last_pass_timestamp_seconds",
+    "When the last pass that read every store ended",
+    registry=REGISTRY,
+)
 
 Action = Literal["wait", "abort", "promote"]
 
@@ -197,6 +220,7 @@ class Guard:
             await self._admin.promote_canary(store, f"guard: {why}")
             log.info("guard: %s canary v%s promoted after %.1f s", store, version, after_s)
         await self._record(store, version, decision, after_s)
+        DECISIONS.labels(store, decision.action).inc()
         return after_s
 
     async def _record(self, store: str, version: int, decision: Decision, after_s: float) -> None:
@@ -236,16 +260,33 @@ class Guard:
             return None
         why = [f"guard: {r} over the last {window.impressions} answers" for r in reasons]
         await self._admin.rollback(store, why)
+        DECISIONS.labels(store, "rollback").inc()
         log.warning("guard: %s v%s rolled back: %s", store, live, "; ".join(why))
         self._windows.pop(store, None)
         return "; ".join(why)
 
-    async def run(self, stop: asyncio.Event, interval_s: float) -> None:
-        """Check every ``interval_s`` until ``stop`` is set."""
+    async def run(self, stop: asyncio.Event, interval_s: float, give_up_s: float = 60.0) -> None:
+        """Check every ``interval_s`` until ``stop`` is set; re-raise the last error once every
+        pass failed for ``give_up_s`` (a failed pass is logged and tried again until then)."""
+        failing_since: float | None = None
         while not stop.is_set():
             try:
                 await self.check()
-            except Exception:
-                log.exception("a guard pass failed; the next one tries again")
+            except Exception as e:
+                PASSES.labels("failed").inc()
+                now = time.monotonic()
+                failing_since = now if failing_since is None else failing_since
+                if now - failing_since >= give_up_s:
+                    raise
+                log.warning(
+                    "a guard pass failed (%s); trying again for %.0f s more",
+                    e,
+                    give_up_s - (now - failing_since),
+                    exc_info=log.isEnabledFor(logging.DEBUG),
+                )
+            else:
+                PASSES.labels("ok").inc()
+                LAST_PASS.set_to_current_time()
+                failing_since = None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval_s)

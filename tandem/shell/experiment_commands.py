@@ -10,7 +10,13 @@ import orjson
 
 from tandem.contracts.ids import check_version
 from tandem.shell.batch_commands import batch
-from tandem.shell.clictx import run_until_signal, settings_of
+from tandem.shell.clictx import (
+    metrics_options,
+    preflight,
+    run_until_signal,
+    serve_metrics,
+    settings_of,
+)
 from tandem.shell.store_commands import _with_admin, versions
 
 if TYPE_CHECKING:
@@ -148,18 +154,37 @@ def _text(body: dict[str, Any]) -> str:
     help="Seconds between passes over the stores' canaries.",
 )
 @click.option("--once", is_flag=True, help="One pass, print its decisions as JSON, and exit.")
+@click.option(
+    "--give-up-s",
+    type=click.FloatRange(1, 86400),
+    default=60.0,
+    show_default=True,
+    help="Exit 1 when every pass failed for this long (Redis or Kafka unreachable).",
+)
+@metrics_options
 @click.pass_context
-def guard(ctx: click.Context, interval_s: float, once: bool) -> None:
+def guard(
+    ctx: click.Context,
+    interval_s: float,
+    once: bool,
+    give_up_s: float,
+    metrics_port: int | None,
+    metrics_host: str | None,
+) -> None:
     """Judge every running canary against control: abort a worse one, promote a healthy one
-    after its sample (guards per store in TANDEM_STORES: {"u2i": {"guard": {...}}})."""
+    after its sample, roll back a live version that breaches a health guard (guards per store
+    in TANDEM_STORES: {"u2i": {"guard": {...}}})."""
     import asyncio
 
     from tandem.contracts.kafka import make_producer
     from tandem.store.admin import VersionAdmin
     from tandem.store.connect import connect
-    from tandem.store.guards import Guard
+    from tandem.store.guards import REGISTRY, Guard
 
     settings = settings_of(ctx)
+    if not once:
+        preflight(settings)
+        serve_metrics(metrics_port, metrics_host or settings.metrics_host, REGISTRY)
     policies = {store: policy.guard for store, policy in settings.stores.items()}
 
     async def job(stop: asyncio.Event) -> None:
@@ -172,7 +197,7 @@ def guard(ctx: click.Context, interval_s: float, once: bool) -> None:
                 body = [o.to_dict() for o in outcomes]
                 click.echo(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
                 return
-            await checker.run(stop, interval_s)
+            await checker.run(stop, interval_s, give_up_s)
         finally:
             await redis.aclose()
             producer.flush(10)

@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tandem.contracts import topics
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 COMPOSE = DOCKER / "compose.yaml"
@@ -30,7 +32,7 @@ GRAFANA_DATASOURCES = DOCKER / "grafana" / "datasources.yml"
 DOCKERFILE = DOCKER / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 TANDEM_IMAGE = "tandem:local"
-BASE_TOPICS = ("tandem.events", "tandem.versions", "tandem.dlq", "tandem.hidden")
+BASE_TOPICS = (topics.EVENTS, topics.VERSIONS, topics.DLQ, topics.IMPRESSIONS, topics.HIDDEN)
 
 
 def read_yaml(text: str) -> object:
@@ -165,7 +167,7 @@ def test_docker_compose_1_29_can_read_it() -> None:
 
 def test_every_process_is_wired_through_the_environment() -> None:
     services = _tandem_services()
-    assert set(services) >= {"api", "materializer", "worker", "batch"}
+    assert set(services) >= {"api", "materializer", "worker", "guard", "batch"}
     for name, service in services.items():
         env = _env(service)
         for variable in ("TANDEM_KAFKA", "TANDEM_REDIS_URL", "TANDEM_REPLICATION_FACTOR"):
@@ -193,6 +195,7 @@ def test_tandem_health_checks_probe_the_port_the_process_serves() -> None:
         "api": f"127.0.0.1:{api_port}/healthz",
         "materializer": "127.0.0.1:{}/metrics",
         "worker": "127.0.0.1:{}/metrics",
+        "guard": "127.0.0.1:{}/metrics",
     }
     for name, pattern in expected.items():
         command = _strs(services[name]["command"])
@@ -296,7 +299,7 @@ def test_redis_has_a_memory_limit_and_keeps_its_data() -> None:
 
 def test_metrics_ports_are_reachable_from_other_containers() -> None:
     services = _tandem_services()
-    for name in ("materializer", "worker"):
+    for name in ("materializer", "worker", "guard"):
         port = _option(_strs(services[name]["command"]), "--metrics-port")
         assert _env(services[name])["TANDEM_METRICS_HOST"] == "0.0.0.0", name
         assert port in _strs(services[name].get("expose", [])), name
@@ -319,13 +322,13 @@ def _scrape_targets() -> Iterator[tuple[str, int, str]]:
                 yield host, int(port), path
 
 
-def test_prometheus_scrapes_the_api_materializer_and_worker() -> None:
+def test_prometheus_scrapes_every_long_running_tandem_process() -> None:
     services = _services()
     expected = {
         ("api", int(_option(_strs(services["api"]["command"]), "--port")), "/metrics"),
         *(
             (name, int(_option(_strs(services[name]["command"]), "--metrics-port")), "/metrics")
-            for name in ("materializer", "worker")
+            for name in ("materializer", "worker", "guard")
         ),
     }
     assert expected <= set(_scrape_targets())

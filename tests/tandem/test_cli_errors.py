@@ -13,6 +13,7 @@ import pytest
 
 from tandem.shell import devservices
 from tests.conftest import Services
+from tests.helpers import metric
 
 
 def tandem(env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess[str], float]:
@@ -72,7 +73,7 @@ def test_verbose_shows_the_traceback(tmp_path: Path) -> None:
     assert "Traceback" in result.stderr
 
 
-@pytest.mark.parametrize("command", ["materialize", "worker"])
+@pytest.mark.parametrize("command", ["materialize", "worker", "guard"])
 def test_a_long_running_process_reports_a_missing_redis_at_once(
     command: str, tmp_path: Path
 ) -> None:
@@ -87,7 +88,7 @@ def test_a_long_running_process_reports_a_missing_redis_at_once(
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("command", ["materialize", "worker"])
+@pytest.mark.parametrize("command", ["materialize", "worker", "guard"])
 def test_a_long_running_process_reports_a_missing_broker_at_once(
     command: str, services: Services, tmp_path: Path
 ) -> None:
@@ -103,3 +104,41 @@ def test_a_long_running_process_reports_a_missing_broker_at_once(
     assert "Kafka did not answer a metadata request within 5 s" in result.stderr
     assert re.search(r"^%\d\|", result.stderr, re.MULTILINE) is None, "a raw librdkafka line"
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.integration
+def test_the_guard_exits_when_it_cannot_read_the_counters(
+    services: Services, tmp_path: Path
+) -> None:
+    """A guard that cannot do its job exits 1 (after ``--give-up-s``), never idles alive."""
+    own = devservices.start_redis(devservices.free_port(), tmp_path)
+    port = devservices.free_port()
+    env = {
+        **os.environ,
+        "TANDEM_REDIS_URL": f"redis://127.0.0.1:{own.port}/0",
+        "TANDEM_KAFKA": services.kafka,
+        "TANDEM_STATE_DIR": str(tmp_path),
+    }
+    command = ["guard", "--interval-s", "0.2", "--give-up-s", "2", "--metrics-port", str(port)]
+    guard = subprocess.Popen(
+        [sys.executable, "-m", "tandem", *command],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while metric(port, "tandem_guard_passes_total", outcome="ok") < 1:
+            assert guard.poll() is None, guard.stderr.read() if guard.stderr else ""
+            assert time.monotonic() < deadline, "no guard pass succeeded within 30 s"
+            time.sleep(0.05)  # polling the metric, bounded by the deadline
+        devservices.stop(own.pid)
+        _, stderr = guard.communicate(timeout=30)
+    finally:
+        devservices.stop(own.pid)
+        guard.kill()
+    assert guard.returncode == 1
+    assert "a guard pass failed" in stderr
+    assert (
+        stderr.strip().splitlines()[-1].startswith(f"error: Redis at redis://127.0.0.1:{own.port}")
+    )
