@@ -25,7 +25,7 @@ from tandem.api import metrics, openapi
 from tandem.api.exceptions import BadRequest, Conflict, NotFound
 from tandem.api.explain import Explanation, Models, explain
 from tandem.api.handlers import _device, _k, _require_admin, _store
-from tandem.api.keys import ADMIN, PRODUCER, REDIS, SETTINGS
+from tandem.api.keys import ADMIN, PRODUCER, REDIS, SERVICE, SETTINGS
 from tandem.api.lag import DEFAULT_GROUPS, GroupLag, LagReader
 from tandem.api.latency import Latency, LiveWindow
 from tandem.api.models import VersionId, version_id
@@ -338,7 +338,8 @@ async def explanation(request: web.Request) -> web.Response:
     state = request.app[CONSOLE]
     if state.reader is None:
         raise NotFound("the console is not started")
-    return _json(await explain(state.reader, state.models, user, k, device))
+    rules = request.app[SERVICE].rules
+    return _json(await explain(state.reader, state.models, rules, user, k, device))
 
 
 # -- wiring -----------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Container
 
 import numpy as np
 import numpy.typing as npt
@@ -102,6 +103,11 @@ class Models:
         return self._reranker, self._categories
 
 
+Rules = Callable[[SessionView, frozenset[str]], Container[str]]
+"""The service's business rules: what an answer may not hold, for a session and the user's own
+hidden items (:meth:`RecommendationService.rules`)."""
+
+
 def _signals(raw: bytes | None) -> tuple[SessionView, SessionSignals]:
     state = None
     if raw is not None:
@@ -120,20 +126,20 @@ def _signals(raw: bytes | None) -> tuple[SessionView, SessionSignals]:
         affinity=dict(view.affinity),
         recent=[SessionItem(item_id=i, event_type=t, ts_ms=ts) for i, t, ts in view.recent_items],
         seeds=[item for item, _ in view.seeds()],
-        excluded=sorted(view.excluded),
+        excluded=[],
     )
     return view, signals
 
 
 async def _candidates(
-    reader: OnlineReader, data: RequestData, view: SessionView, k: int
+    reader: OnlineReader, data: RequestData, view: SessionView, k: int, excluded: Container[str]
 ) -> list[Candidate]:
     similar = []
     seeds = view.seeds()
     if seeds and data.versions.i2i is not None:
         lists = await reader.similar(data.versions.i2i, [item for item, _ in seeds])
         similar = [(ts, found) for (_, ts), found in zip(seeds, lists, strict=True) if found]
-    return merge(data.u2i, similar, data.popular, view.excluded, want=max(3 * k, MIN_CANDIDATES))
+    return merge(data.u2i, similar, data.popular, excluded, want=max(3 * k, MIN_CANDIDATES))
 
 
 def _score(
@@ -150,13 +156,20 @@ def _score(
 
 
 async def explain(
-    reader: OnlineReader, models: Models, user: str, k: int, device: str | None
+    reader: OnlineReader, models: Models, rules: Rules, user: str, k: int, device: str | None
 ) -> Explanation:
-    """How the answer to ``user`` (``k`` items, ``device``) is made right now."""
+    """How the answer to ``user`` (``k`` items, ``device``) is made right now, under the same
+    business rules as the answer."""
     segment = f"device:{device}" if device else "global"
     data = await reader.read(user, UNCACHED_K, device or "any", segment)
     view, signals = _signals(data.session)
-    candidates = await _candidates(reader, data, view, k)
+    excluded = rules(view, data.user_hidden)
+    candidates = await _candidates(reader, data, view, k, excluded)
+    considered = (
+        {i for i, _, _ in view.recent_items} | data.user_hidden | {*data.u2i[0], *data.popular[0]}
+    )
+    left_out = sorted(i for i in considered if i in excluded)  # hidden ones among them too
+    signals = signals.model_copy(update={"excluded": left_out})
     context = Context(int(time.time() * 1000), device or signals.device, view.affinity, view.events)
     reranker, categories = await models.of(reader, data.versions.u2i)
     features = build_features(candidates, context, categories, data.trending)

@@ -8,6 +8,7 @@ import contextvars
 import logging
 import time
 import uuid
+from collections.abc import Container
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from typing import Any
@@ -135,8 +136,7 @@ class RecommendationService:
         cacheable = await self._sync_hidden(data.hidden_version, deadline) and not exclude
         session, session_device = _session(data.session)
         similar = await self._similar(data, session, deadline)
-        mine = seen(session, self._seen_types) | exclude | data.user_hidden
-        excluded = excluding(mine, self.hidden.items)
+        excluded = self.rules(session, data.user_hidden | exclude)
         candidates = merge(
             data.u2i, similar, data.popular, excluded, want=max(3 * k, MIN_CANDIDATES)
         )
@@ -215,6 +215,11 @@ class RecommendationService:
             await self._reader.record_shadow(version, overlap, took_ms)
         except (RedisError, OSError, TimeoutError) as e:
             log.debug("a shadow answer of u2i v%s was not recorded: %s", version, e)
+
+    def rules(self, session: SessionView, mine: frozenset[str]) -> Container[str]:
+        """What an answer may not hold: the session's items of the excluded event types, the
+        request's and user's own (``mine``), and the items an operator hid."""
+        return excluding(seen(session, self._seen_types) | mine, self.hidden.items)
 
     def _impression(
         self,

@@ -291,6 +291,12 @@ async def test_explain_without_a_model_shows_values_and_the_heuristic_order(
     for c in x["candidates"]:
         assert (c["contributions"], c["bias"]) == (None, None)
         assert dict(zip(x["features"], c["values"], strict=True))["device_tv"] == 1.0
+    # The business rules hold in the explanation as in the answer: dan hides d1.
+    assert (await call(client, "PUT", "/v1/users/dan/hidden/d1"))[0] == 200
+    status, answer = await call(client, "GET", "/v1/recommendations/dan?k=3&device=tv")
+    status, x = await call(client, "GET", url, headers=AUTH)
+    assert x["order"] == [i["item_id"] for i in answer["items"]] == ["d2", "d0"]
+    assert x["session"]["excluded"] == ["d1"]
 
 
 @pytest.mark.integration
