@@ -224,10 +224,11 @@ class StreamWorker:
         for message in taken:
             consumer.ack(message)
         LAG.record_all(consumer, taken)
-        if len(self.pending) >= self.options.flush_max:
-            await self.flush()
-        else:  # mirror now, not at the next tick
-            self._flush_soon()
+        if len(self.pending) >= self.options.flush_max and self._flushing is not None:
+            # Redis is behind: the next batch waits for the writes under way (not cancelled
+            # with this wait), so fewer than flush_max sessions and one batch queue up.
+            await asyncio.wait([self._flushing])
+        self._flush_soon()  # mirror now, in the background, not at the next tick
 
     def apply(self, events: list[tuple[Event, int]]) -> None:
         """Update each user's session in the table with the user's events (each with its
@@ -359,11 +360,6 @@ class StreamWorker:
         and mirroring queued sessions unless that runs already (both in the background)."""
         self._start_changelog()
         self._flush_soon()
-
-    async def flush(self) -> None:
-        """Start handing queued changelog records to the producer; mirror queued sessions."""
-        self._start_changelog()
-        await self.flush_sessions()
 
     async def flush_sessions(self) -> None:
         """Write queued sessions (and epoch bumps) to Redis in one pipeline, retrying through a
