@@ -46,6 +46,10 @@ class WorkerOptions:
     app_id: str = "tandem-streams"
     session: SessionPolicy = field(default_factory=SessionPolicy)
     flush_interval_s: float = 0.01
+    # How often queued changelog records are handed to the producer (at once when
+    # CHANGELOG_HAND_RECORDS are queued). Offsets wait for them either way (write_changelog);
+    # a produce request every 10 ms tick cost the worker ~20% of its CPU at 500 events/s.
+    changelog_interval_s: float = 0.1
     flush_max: int = 500
     trending_flush_s: float = 2.0
     categories_refresh_s: float = 60.0
@@ -61,6 +65,7 @@ RETRY_FIRST_S = 0.1
 RETRY_MAX_S = 2.0
 T = TypeVar("T")
 
+CHANGELOG_HAND_RECORDS = 2000
 TANSU_CHANGELOG_BATCH_BYTES = 1
 CHANGELOG_BATCH_BYTES = 65_536
 
@@ -120,6 +125,7 @@ class StreamWorker:
         self._changelog_error: BaseException | None = None
         self._handing: asyncio.Future[None] | None = None
         self._flushing: asyncio.Future[None] | None = None
+        self._changelog_due = 0.0  # time.monotonic() of the next hand-over
         self.trending = TrendingCounts()
         self.attribution = Attribution(
             self.redis, Keys(settings.key_prefix), settings.attribution_window_s
@@ -356,9 +362,13 @@ class StreamWorker:
             await self.app.crash(e)
 
     async def _tick(self) -> None:
-        """Every ``flush_interval_s``: start handing queued changelog records to the producer,
-        and mirroring queued sessions unless that runs already (both in the background)."""
-        self._start_changelog()
+        """Every ``flush_interval_s``: mirror queued sessions unless that runs already, and
+        every ``changelog_interval_s`` (or when many are queued) start handing queued changelog
+        records to the producer (both in the background)."""
+        now = time.monotonic()
+        if now >= self._changelog_due or len(self.unlogged) >= CHANGELOG_HAND_RECORDS:
+            self._changelog_due = now + self.options.changelog_interval_s
+            self._start_changelog()
         self._flush_soon()
 
     async def flush_sessions(self) -> None:
