@@ -225,7 +225,11 @@ class StreamWorker:
                 events.append((decode_event(message.value or b"", now_ms), message.partition))
             except ValidationError as e:
                 await self._dead_letter(message, str(e))
-        self.apply(events)
+        if app.consumer_generation_id != generation or not app.flow_control.is_active():
+            # A rebalance began while a dead letter was sent: its partitions may be another
+            # worker's by now, so nothing is applied (the batch is read again after the seek).
+            return
+        self.apply(events)  # no await from here to the acks: a rebalance cannot come between
         consumer = app.consumer
         for message in taken:
             consumer.ack(message)
