@@ -1,12 +1,12 @@
 """The stream worker's consumer lag: per partition of ``tandem.events`` it owns, the events the
 broker has that the worker has not read yet. Worked out when Prometheus scrapes, from the last
-offset the worker read (recorded per event: one dictionary write) and the partition's high
+offset the worker read (recorded per batch: a dictionary write per event) and the partition's high
 watermark as the consumer last fetched it."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
@@ -24,10 +24,12 @@ class WorkerLag(Collector):
         self.read: dict[Any, int] = {}  # Faust's TP -> last offset read
         self.consumer: Any = None
 
-    def record(self, consumer: Any, tp: Any, offset: int) -> None:
-        """The worker read ``offset`` of ``tp`` (called for every event)."""
+    def record_all(self, consumer: Any, messages: Iterable[Any]) -> None:
+        """The worker read ``messages`` (Faust's, each partition's in offset order)."""
         self.consumer = consumer
-        self.read[tp] = offset
+        read = self.read
+        for message in messages:
+            read[message.tp] = message.offset
 
     def lags(self) -> dict[Any, int]:
         """Per assigned partition read so far: high watermark minus the next offset to read."""

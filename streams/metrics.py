@@ -60,6 +60,17 @@ def applied(ts_ms: int) -> None:
     LAST_EVENT.set(now)
 
 
+def applied_all(ts_ms: list[int]) -> None:
+    """Count events applied at once (their ``ts_ms``) and record their freshness as
+    :func:`applied` does: one clock read and one counter step per batch, not per event."""
+    now = time.time()
+    observe = EVENT_AGE.observe
+    for ts in ts_ms:
+        observe(max(0.0, now - ts / 1000))
+    LAST_EVENT.set(now)
+    EVENTS.inc(len(ts_ms))
+
+
 ONLINE = Counter(
     "tandem_worker_online_total",
     "Impressions and attributed events (click, add_to_cart, purchase) per version and variant",

@@ -1,5 +1,5 @@
-"""Faust's aiokafka transport with a settable fetch wait, batched record sends and a hook that
-runs before every producer flush.
+"""Faust's aiokafka transport with a settable fetch wait, batched record sends, a hook that
+runs before every producer flush, and topics whose fetched messages go to a handler in batches.
 
 Faust hard-codes ``fetch_max_wait_ms=1500`` for its worker consumer. On Apache Kafka a fetch
 returns as soon as data is there, but the embedded broker sleeps about half that wait even when
@@ -26,12 +26,18 @@ from mode import Service
 
 FETCH_MAX_WAIT_MS = 10
 YIELD_EVERY = 100  # messages handed to the streams between two yields to the event loop
+# Messages of one topic handed to its batch handler at once: a fetch of a busy partition holds
+# thousands, and the event loop (the Redis mirror among others) waits while a batch is applied.
+BATCH_MAX = 500
 # More than arrives in FETCH_MAX_WAIT_MS below a few thousand events/s: the broker answers a
 # fetch once it is that old (or this full) instead of as soon as one record is there, so at
 # moderate rates a fetch carries many events. Every fetch round costs the consumer thread
 # about a millisecond of Python (and the worker its hand-over), so one fetch per event made
 # the consumer the worker's biggest cost at 500 events/s.
 FETCH_MIN_BYTES = 1 << 20
+
+
+BatchHandler = Callable[[list[Any]], Coroutine[Any, Any, None]]
 
 
 class _ConsumerThread(driver.AIOKafkaConsumerThread):
@@ -70,7 +76,8 @@ class _Consumer(driver.Consumer):
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover
         """Faust's fetch loop (``Consumer._drain_messages`` of faust-streaming 0.15.3) with a
-        fast path for handing a message to the streams (see :meth:`_hand`)."""
+        fast path for handing a message to the streams (see :meth:`_step`), and a batch handler
+        per topic for the topics that have one (see :meth:`TandemApp.batch_topic`)."""
         consumer_should_stop = cast(Service, self)._stopped.is_set
         fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
         try:
@@ -99,7 +106,13 @@ class _Consumer(driver.Consumer):
 
     async def _hand_all(self, records: AsyncIterator[tuple[Any, Any]]) -> None:
         """Hand one fetch's messages to the streams, as Faust does (gaps, commit_every, a
-        message older than one already read is dropped), yielding every 100 messages."""
+        message older than one already read is dropped), yielding every 100 messages.
+
+        Messages of a topic with a batch handler (:meth:`TandemApp.batch_topic`) skip the
+        streams: they are collected and handed over together, at most ``BATCH_MAX`` at a time,
+        once the fetch is through (the handler acks them)."""
+        handlers = cast(TandemApp, self.app).batch_handlers
+        batches: dict[str, list[Any]] = {}
         since_yield = 0
         async for tp, message in records:
             since_yield += 1
@@ -115,11 +128,21 @@ class _Consumer(driver.Consumer):
             if self._commit_every is not None and self._n_acked >= self._commit_every:
                 self._n_acked = 0
                 await self.commit()
-            await self._hand(message)
+            topic = message.topic
+            if topic in handlers:
+                batch = batches.setdefault(topic, [])
+                batch.append(message)
+                if len(batch) >= BATCH_MAX:
+                    await self._step(handlers[topic](batches.pop(topic)))
+            else:
+                await self._step(self.callback(message))
             self._read_offset[tp] = offset
+        for topic, batch in batches.items():
+            await self._step(handlers[topic](batch))
 
-    async def _hand(self, message: Any) -> None:
-        """``callback(message)``: flow control, decoding, a put on each stream's queue.
+    async def _step(self, handing: Awaitable[Any]) -> None:
+        """Await ``handing``: ``callback(message)`` (flow control, decoding, a put on each
+        stream's queue) or a batch handler.
 
         Faust awaits ``wait_first(callback(message), suspend_flow.wait())`` for every message:
         four tasks, a wait and three cancellations per event, the largest single cost of a busy
@@ -127,12 +150,12 @@ class _Consumer(driver.Consumer):
         suspended, so it is stepped once in place; only one that did suspend is finished the
         way Faust does it (a rebalance can interrupt it).
         """
-        handing = cast(Coroutine[Any, Any, Any], self.callback(message))
+        coro = cast(Coroutine[Any, Any, Any], handing)
         try:
-            waiting = handing.send(None)
+            waiting = coro.send(None)
         except StopIteration:
             return
-        rest = asyncio.ensure_future(_finish(handing, waiting))
+        rest = asyncio.ensure_future(_finish(coro, waiting))
         await self.wait_first(rest, self.suspend_flow.wait())
 
 
@@ -173,9 +196,25 @@ class TandemApp(faust.App):
         super().__init__(*args, **kwargs)
         #: Coroutines run (in order) before every flush of the producer.
         self.before_producer_flush: list[Callable[[], Awaitable[None]]] = []
+        #: Topic name -> its batch handler (see :meth:`batch_topic`).
+        self.batch_handlers: dict[str, BatchHandler] = {}
 
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)
+
+    def batch_topic(self, topic: faust.types.TopicT, handler: BatchHandler) -> None:
+        """Subscribe to ``topic`` and hand its fetched messages to ``handler`` in batches
+        (Faust's ``ConsumerMessage``s, in offset order per partition), past Faust's streams.
+
+        Faust's per-event machinery (a conductor callback, a queue put and get, sensors, an
+        ``Event`` and an ack per message) cost a busy worker more than its own work. The handler
+        takes over what a stream did: it waits for ``flow_control``, skips messages of an older
+        ``consumer_generation_id`` (the rebalance's seek reads them again), and acks each
+        message (``consumer.ack``) once done with it, so its offset can be committed.
+        """
+        self.topics.add(topic)
+        for name in topic.topics:
+            self.batch_handlers[name] = handler
 
     async def send_records(
         self, topic: str, partition: int, records: Iterable[tuple[bytes, bytes]]

@@ -37,9 +37,18 @@ class TrendingCounts:
 
     def add(self, event: Event) -> None:
         """Count one event."""
-        window = window_of(event.ts_ms)
-        for segment in segments_of(event):
-            self.pending.setdefault((segment, window), Counter())[event.item_id] += 1
+        self.add_all([event])
+
+    def add_all(self, events: list[Event]) -> None:
+        """Count events (the worker counts a batch at once)."""
+        pending = self.pending
+        for event in events:
+            window = window_of(event.ts_ms)
+            for segment in segments_of(event):
+                counts = pending.get((segment, window))
+                if counts is None:
+                    counts = pending[(segment, window)] = Counter()
+                counts[event.item_id] += 1
 
     def restore(self, taken: dict[tuple[str, int], Counter[str]]) -> None:
         """Put back counts that could not be written (added to any counted since)."""
