@@ -10,6 +10,7 @@ from redis.crc import key_slot
 from tandem.store.connect import is_cluster, queue_script
 from tandem.store.keys import Keys
 from tandem.store.online import live_categories
+from tandem.store.scripts import WRITE_SESSIONS
 from tandem.streams.trending import WINDOW_MS
 
 EPOCH_TTL_S = 2 * 86400
@@ -18,21 +19,8 @@ TRENDING_TOP = 200
 # Items per script call: one call blocks Redis while it runs, so a big flush is cut in pieces.
 TRENDING_CHUNK = 500
 
-# Users per script call (see WRITE_SESSIONS).
+# Users per script call (store.scripts.WRITE_SESSIONS).
 SESSIONS_CHUNK = 200
-
-# KEYS: session, epoch of each user (the user's slot); ARGV[1], ARGV[2]: their TTLs; then each
-# user's session. What store.scripts.WRITE_SESSION does for one user, for many in one command:
-# a command per user cost the worker ~27 µs of packing and parsing per event, Redis ~13.
-WRITE_SESSIONS = """
-local ttl, epoch_ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
-for i = 1, #KEYS / 2 do
-  redis.call('SET', KEYS[2 * i - 1], ARGV[i + 2], 'EX', ttl)
-  redis.call('INCR', KEYS[2 * i])
-  redis.call('EXPIRE', KEYS[2 * i], epoch_ttl)
-end
-return #KEYS / 2
-"""
 
 # KEYS[1]: a minute bucket; ARGV[1]: its TTL; then item, count, item, count, ...
 # One command for many items: a ZINCRBY each costs the worker far more (packing and parsing
