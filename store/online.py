@@ -348,7 +348,7 @@ class _Shared:
     version that was deleted and written anew can be served. The lists are shared between
     answers: readers never change them."""
 
-    def __init__(self) -> None:
+    def __init__(self) -> None:  # each entry: (when it was read, monotonic s; what)
         self._popular: dict[tuple[int, str], tuple[float, tuple[list[str], list[float]]]] = {}
         self._trending: dict[str, tuple[float, dict[str, float]]] = {}
 
@@ -358,12 +358,12 @@ class _Shared:
         """The segment's popular list of ``version`` (the global one where the segment has
         none), or None if not read within ``SHARED_TTL_S``."""
         found = self._popular.get((version, segment))
-        return found[1] if found is not None and found[0] > now else None
+        return found[1] if found is not None and now - found[0] < SHARED_TTL_S else None
 
     def trending(self, segment: str, now: float) -> dict[str, float] | None:
         """The segment's trending items and scores, or None if not read within ``SHARED_TTL_S``."""
         found = self._trending.get(segment)
-        return found[1] if found is not None and found[0] > now else None
+        return found[1] if found is not None and now - found[0] < SHARED_TTL_S else None
 
     def keep_popular(
         self, version: int, segment: str, raw: Any, fallback: Any, now: float
@@ -371,13 +371,13 @@ class _Shared:
         """Decode and keep the segment's list as read (the global ``fallback`` if it has none)."""
         found = raw if raw is not None else fallback
         popular = EMPTY if found is None else decode(found)
-        _bounded(self._popular)[(version, segment)] = (now + SHARED_TTL_S, popular)
+        _bounded(self._popular)[(version, segment)] = (now, popular)
         return popular
 
     def keep_trending(self, segment: str, raw: Any, now: float) -> dict[str, float]:
         """Decode and keep the segment's trending items as read (``ZREVRANGE … WITHSCORES``)."""
         trending = {_text(item): float(score) for item, score in raw}
-        _bounded(self._trending)[segment] = (now + SHARED_TTL_S, trending)
+        _bounded(self._trending)[segment] = (now, trending)
         return trending
 
 
