@@ -35,6 +35,8 @@ CACHED = 1
 MAX_ATTEMPTS = 3
 FLUSH_S = 0.005  # how long an answer to cache waits for a read to ride along with
 CACHE_PAUSE_S = 10.0  # no caching for this long after Redis refused a cache write
+SHARED_TTL_S = 1.0  # popular lists and trending items are read again at most this often
+SHARED_MAX = 512  # entries kept of them (segments × versions); all dropped beyond
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +165,7 @@ class OnlineReader:
         self._unsent: list[tuple[str, bytes, int]] = []  # answers to cache: (key, value, ttl_s)
         self._flushing: asyncio.Task[None] | None = None
         self._paused_until = 0.0  # no caching before (monotonic s): Redis refused a cache write
+        self._shared = _Shared()
 
     async def read(
         self, user: str, k: int, device: str, segment: str, *, use_cache: bool = True
@@ -173,7 +176,7 @@ class OnlineReader:
         for attempt in range(MAX_ATTEMPTS):
             pointers = self._expected
             expected, assignment = pointers.for_user(user)
-            meta, mine, popular, fallback, trend = await self._read_once(
+            meta, mine, popular, trending = await self._read_once(
                 expected, assignment.variant, user, cache_key, segment
             )
             seen = _seen(meta)
@@ -199,9 +202,8 @@ class OnlineReader:
             return data
         data.session = mine[2]
         data.u2i = EMPTY if mine[3] is None else decode(mine[3])
-        found = popular if popular is not None else fallback
-        data.popular = EMPTY if found is None else decode(found)
-        data.trending = {_text(item): float(score) for item, score in trend}
+        data.popular = popular
+        data.trending = trending
         shadow = pointers.canaries[0]
         if shadow is not None and shadow.shadow and expected.u2i is not None:
             data.shadow = shadow.version
@@ -229,8 +231,14 @@ class OnlineReader:
 
     async def _read_once(
         self, expected: _Expected, variant: str, user: str, cache_key: str, segment: str
-    ) -> list[Any]:
+    ) -> tuple[list[Any], list[Any], tuple[list[str], list[float]], dict[str, float]]:
+        """The pointers, the user's script and, unless this process read them less than
+        ``SHARED_TTL_S`` ago, the segment's popular list and trending items."""
         keys = self._keys
+        now = time.monotonic()
+        version = expected.popular
+        popular = EMPTY if version is None else self._shared.popular(version, segment, now)
+        trending = self._shared.trending(segment, now)
         pipe = self._redis.pipeline(transaction=False)
         queue_script(pipe, POINTERS, self._pointers)
         # Where a store has no live version there is no entity key to read: the user's epoch
@@ -242,13 +250,12 @@ class OnlineReader:
             [keys.epoch(user), cache_key, keys.session(user), u2i, keys.user_hidden(user)],
             [expected.tag(variant), "0" if expected.u2i is None else "1"],
         )
-        if expected.popular is None:
-            pipe.exists(keys.global_epoch())  # placeholders keep the replies' positions
-            pipe.exists(keys.global_epoch())
-        else:
-            pipe.get(keys.entity(POPULAR, expected.popular, segment))
-            pipe.get(keys.entity(POPULAR, expected.popular, GLOBAL))
-        pipe.zrevrange(keys.trending(segment), 0, TRENDING_TOP - 1, withscores=True)
+        if version is not None and popular is None:
+            pipe.get(keys.entity(POPULAR, version, segment))
+            if segment != GLOBAL:
+                pipe.get(keys.entity(POPULAR, version, GLOBAL))
+        if trending is None:
+            pipe.zrevrange(keys.trending(segment), 0, TRENDING_TOP - 1, withscores=True)
         writes, self._unsent = self._unsent, []
         for key, value, ttl_s in writes:  # answers cached since the last round trip ride along
             pipe.set(key, value, ex=ttl_s)
@@ -266,10 +273,14 @@ class OnlineReader:
             )
             self._paused_until = time.monotonic() + CACHE_PAUSE_S
             return await self._read_once(expected, variant, user, cache_key, segment)
-        meta, mine, popular, fallback, trend = replies[:5]
-        if expected.popular is None:
-            popular = fallback = None
-        return [meta, mine, popular, fallback if segment != GLOBAL else None, trend]
+        rest = iter(replies[2:])
+        if version is not None and popular is None:
+            found = next(rest)
+            fallback = next(rest) if segment != GLOBAL else None
+            popular = self._shared.keep_popular(version, segment, found, fallback, now)
+        if trending is None:
+            trending = self._shared.keep_trending(segment, next(rest), now)
+        return replies[0], replies[1], popular or EMPTY, trending
 
     async def similar(
         self, version: int, items: list[str]
@@ -326,6 +337,55 @@ class OnlineReader:
             await pipe.execute()
         except (RedisError, OSError) as e:
             log.warning("could not cache %d answer(s): %s", len(writes), e)
+
+
+class _Shared:
+    """The popular lists (by version and segment) and trending items (by segment) this process
+    read last, reused for ``SHARED_TTL_S``: they are the same for every user and change per
+    batch version or per trending flush (seconds), while reading them costs most of a request's
+    Redis commands. A version's data never changes once written, so a popular list read from a
+    version is valid while that version is live; the expiry still bounds how long a list of a
+    version that was deleted and written anew can be served. The lists are shared between
+    answers: readers never change them."""
+
+    def __init__(self) -> None:  # each entry: (when it was read, monotonic s; what)
+        self._popular: dict[tuple[int, str], tuple[float, tuple[list[str], list[float]]]] = {}
+        self._trending: dict[str, tuple[float, dict[str, float]]] = {}
+
+    def popular(
+        self, version: int, segment: str, now: float
+    ) -> tuple[list[str], list[float]] | None:
+        """The segment's popular list of ``version`` (the global one where the segment has
+        none), or None if not read within ``SHARED_TTL_S``."""
+        found = self._popular.get((version, segment))
+        return found[1] if found is not None and now - found[0] < SHARED_TTL_S else None
+
+    def trending(self, segment: str, now: float) -> dict[str, float] | None:
+        """The segment's trending items and scores, or None if not read within ``SHARED_TTL_S``."""
+        found = self._trending.get(segment)
+        return found[1] if found is not None and now - found[0] < SHARED_TTL_S else None
+
+    def keep_popular(
+        self, version: int, segment: str, raw: Any, fallback: Any, now: float
+    ) -> tuple[list[str], list[float]]:
+        """Decode and keep the segment's list as read (the global ``fallback`` if it has none)."""
+        found = raw if raw is not None else fallback
+        popular = EMPTY if found is None else decode(found)
+        _bounded(self._popular)[(version, segment)] = (now, popular)
+        return popular
+
+    def keep_trending(self, segment: str, raw: Any, now: float) -> dict[str, float]:
+        """Decode and keep the segment's trending items as read (``ZREVRANGE … WITHSCORES``)."""
+        trending = {_text(item): float(score) for item, score in raw}
+        _bounded(self._trending)[segment] = (now, trending)
+        return trending
+
+
+def _bounded(entries: dict[Any, Any]) -> dict[Any, Any]:
+    """``entries``, emptied first when full (segments come from requests: bound them)."""
+    if len(entries) >= SHARED_MAX:
+        entries.clear()
+    return entries
 
 
 def _seen(meta: list[Any]) -> _Expected:

@@ -11,11 +11,13 @@ from redis.asyncio import Redis
 from tandem.contracts.codec import encode
 from tandem.contracts.versions import State
 from tandem.contracts.waiting import wait_for
+from tandem.store import online
 from tandem.store.exceptions import PromoteConflict, RollbackRefused, StoreError
 from tandem.store.keys import Keys
 from tandem.store.lifecycle import Lifecycle
 from tandem.store.online import OnlineReader
 from tandem.store.writer import VersionWriter
+from tests.api.conftest import put_version
 
 pytestmark = pytest.mark.integration
 
@@ -256,3 +258,30 @@ async def test_a_cache_write_redis_refuses_costs_the_read_nothing(redis: Redis, 
     assert await redis.exists(data.cache_key) == 0
     reader.store_answer(data, b"{}", 60)  # caching pauses after a refusal
     assert reader._unsent == []
+
+
+async def test_popular_and_trending_are_kept_a_while_but_a_new_popular_version_is_read_at_once(
+    redis: Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every user shares them, so a reader reads them once per ``SHARED_TTL_S``; a popular list
+    is kept by version, so a cutover shows in the next answer all the same."""
+    monkeypatch.setattr(online, "SHARED_TTL_S", 3600.0)
+    lists = {"global": [("g1", 1.0)], "device:tv": [("t1", 0.9), ("t2", 0.8)]}
+    await put_version(redis, keys, "popular", 1, lists)
+    await redis.zadd(keys.trending("device:tv"), {"hot": 3})
+    reader = OnlineReader(redis, keys)
+    first = await reader.read("u1", 10, "tv", "device:tv")
+    assert (first.versions.popular, first.popular[0], first.trending) == (
+        1,
+        ["t1", "t2"],
+        {"hot": 3.0},
+    )
+    await redis.zadd(keys.trending("device:tv"), {"hotter": 5})
+    kept = await reader.read("u2", 10, "tv", "device:tv")
+    assert (kept.popular[0], kept.trending) == (["t1", "t2"], {"hot": 3.0})  # not read again
+    await put_version(redis, keys, "popular", 2, {"global": [("g2", 1.0)]})
+    after = await reader.read("u3", 10, "tv", "device:tv")  # no tv list in v2: the global one
+    assert (after.versions.popular, after.popular[0], after.trending) == (2, ["g2"], {"hot": 3.0})
+    monkeypatch.setattr(online, "SHARED_TTL_S", 0.0)
+    fresh = await reader.read("u4", 10, "tv", "device:tv")  # kept for no time now
+    assert fresh.trending == {"hotter": 5.0, "hot": 3.0}
