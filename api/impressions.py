@@ -127,9 +127,11 @@ class ImpressionLog:
         while self._buffer and (limit is None or sent < limit):
             impression = self._buffer.popleft()
             try:
-                value = orjson.dumps(record(impression))
-                user = orjson.loads(impression.body)["user_id"]
-                self._producer.produce_record(topics.IMPRESSIONS, key=user.encode(), value=value)
+                body = record(impression)  # parses the answer once
+                user = str(body["user_id"])
+                self._producer.produce_record(
+                    topics.IMPRESSIONS, key=user.encode(), value=orjson.dumps(body)
+                )
             except (BufferError, KafkaException, Unavailable) as e:
                 metrics.IMPRESSIONS.labels("dropped").inc()
                 log.debug("impression dropped: %s", e)
