@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -180,7 +181,9 @@ def _train_on_dask(
     # on a socket: fail after TIME_OUT_MIN minutes rather than LightGBM's two hours
     kept = {name: value for name, value in params.items() if name != "num_threads"}
     model = DaskLGBMClassifier(client=on.client, n_estimators=ROUNDS, time_out=TIME_OUT_MIN, **kept)
-    model.fit(data, label, sample_weight=weight, feature_name=list(RANKER_FEATURES))
+    with warnings.catch_warnings():  # its own default n_jobs, which it then drops
+        warnings.filterwarnings("ignore", "Parameter n_jobs will be ignored")
+        model.fit(data, label, sample_weight=weight, feature_name=list(RANKER_FEATURES))
     on.tasks += len(placed)
     on.ranker_fits += 1
     booster: lgb.Booster = model.to_local().booster_
