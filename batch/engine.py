@@ -3,14 +3,17 @@
 The heavy steps (item × item Gram matrices, scoring users) are written once, as functions of a
 chunk of user rows; an engine maps them over the chunks and the caller combines the partial
 results (sparse partial products are summed, per-user tops concatenated). ``Local`` runs them
-here; ``OnDask`` sends them to a ``distributed`` cluster, shared inputs scattered once.
+here; ``OnDask`` sends them to a ``distributed`` cluster, shared inputs scattered once and
+each chunk scattered straight to a worker as a slot frees up (never inside the task graph, and
+never all at once: a worker holds the chunks of its few running or queued tasks, not its share
+of the whole input).
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import scipy.sparse as sp
@@ -19,12 +22,13 @@ from tandem.batch.exceptions import BatchError
 
 T = TypeVar("T")
 ROWS_PER_CHUNK = 2048
+IN_FLIGHT_PER_WORKER = 2  # chunks on a worker at once: one running, one waiting to run
 
 
 class Local:
     """Runs every chunk in this process, in order."""
 
-    def map(self, fn: Callable[..., T], chunks: list[Any], **shared: Any) -> list[T]:
+    def map(self, fn: Callable[..., T], chunks: Iterable[Any], **shared: Any) -> list[T]:
         """``[fn(chunk, **shared) for chunk in chunks]``."""
         return [fn(chunk, **shared) for chunk in chunks]
 
@@ -38,18 +42,42 @@ class OnDask:
         self.workers: set[str] = set()  # addresses of the workers that ran a task
         self.ranker_fits = 0  # models trained by lightgbm.dask
 
-    def map(self, fn: Callable[..., T], chunks: list[Any], **shared: Any) -> list[T]:
-        """The same as ``Local.map``, each chunk a task on the cluster."""
+    def map(self, fn: Callable[..., T], chunks: Iterable[Any], **shared: Any) -> list[T]:
+        """The same as ``Local.map``, each chunk a task on the cluster.
+
+        ``chunks`` may be a generator: a chunk is made (and scattered) only when fewer than
+        ``IN_FLIGHT_PER_WORKER`` per worker are in flight, so neither this process nor a
+        worker ever holds every chunk."""
+        from distributed import as_completed
+
         scattered = {
             name: self.client.scatter(value, broadcast=True, hash=False)
             for name, value in shared.items()
         }
-        futures = self.client.map(fn, chunks, pure=False, **scattered)
-        results: list[T] = self.client.gather(futures)
-        self.tasks += len(futures)
-        for holders in self.client.who_has(futures).values():
-            self.workers.update(holders)
-        return results
+        slots = IN_FLIGHT_PER_WORKER * max(len(self.client.scheduler_info()["workers"]), 1)
+        pending = iter(enumerate(chunks))
+        running = as_completed()  # type: ignore[no-untyped-call]
+        order: dict[str, int] = {}
+        results: dict[int, T] = {}
+
+        def submit_next() -> None:
+            for position, chunk in pending:
+                [data] = self.client.scatter([chunk], hash=False)  # one future for the chunk
+                future = self.client.submit(fn, data, pure=False, **scattered)
+                order[future.key] = position
+                running.add(future)  # type: ignore[no-untyped-call]
+                return
+
+        for _ in range(slots):
+            submit_next()
+        for future in running:
+            for holders in self.client.who_has([future]).values():
+                self.workers.update(holders)
+            results[order[future.key]] = future.result()
+            future.release()
+            self.tasks += 1
+            submit_next()
+        return [results[position] for position in range(len(results))]
 
 
 _current: contextvars.ContextVar[Local | OnDask | None] = contextvars.ContextVar(

@@ -352,21 +352,27 @@ def _final_lists(
         frame = ranking.chunk_features(full, ctx)
         return ranking.top_k(frame, ranking.score(model, frame), TOP_K), []
     options.parts_dir.mkdir(parents=True, exist_ok=True)
-    block = full["user"].to_numpy() // USERS_PER_PART
-    chunks = [
-        (options.parts_dir / f"part-{n:05d}.parquet", full.loc[block == n])
-        for n in np.unique(block).tolist()
-    ]
-    del full
     written = engine.current().map(
         _write_part,
-        chunks,
+        _user_blocks(full, options.parts_dir),
         ctx=ctx,
         model=model,
         users=np.asarray([str(user) for user in data.users], dtype=object),
         items=data.items.to_numpy().astype(str),
     )
     return pd.DataFrame({"user": [], "item": [], "score": []}), written
+
+
+def _user_blocks(frame: pd.DataFrame, folder: Path) -> Iterator[tuple[Path, pd.DataFrame]]:
+    """``(part path, rows)`` per block of ``USERS_PER_PART`` users, each block cut only when
+    asked for: with the engine taking a few at a time, the candidates are held once, not once
+    whole and once more in blocks."""
+    block = frame["user"].to_numpy() // USERS_PER_PART
+    order = np.argsort(block, kind="stable")
+    present = np.unique(block)
+    bounds = np.searchsorted(block[order], np.r_[present, present[-1] + 1] if present.size else [])
+    for n, start, end in zip(present.tolist(), bounds[:-1], bounds[1:], strict=True):
+        yield folder / f"part-{n:05d}.parquet", frame.iloc[order[start:end]]
 
 
 def _write_part(

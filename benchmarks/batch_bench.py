@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -44,6 +45,9 @@ class BatchBenchResult:
     stages: list[StageTiming]
     metrics: dict[str, float]
     dask: DaskRow | None = None
+    # the set the Dask row ran on, when larger than the single-process one (``spec``)
+    dask_spec: SynthSpec | None = None
+    dask_events: int = 0
 
     def markdown(self) -> str:
         """The RESULTS.md section."""
@@ -92,17 +96,25 @@ class BatchBenchResult:
         d = self.dask
         workers = ", ".join(f"{mb:,.0f}" for mb in d.worker_peak_mb)
         ndcg = "ranker_ndcg@10"
+        single, large = self.spec, self.dask_spec or self.spec
+        size = "users / items / events"
         return [
             f"### Single process and Dask ({d.workers} workers, `memory_limit={d.memory_limit}` "
             "each)",
             "",
-            f"| run | seconds | peak RSS MB, driver | peak RSS MB per worker | tasks | {ndcg} |",
-            "|---|---|---|---|---|---|",
-            f"| single process | {total:.0f} | {peak:,.0f} | - | - | "
-            f"{self.metrics.get(ndcg, 0.0):.4f} |",
-            f"| Dask LocalCluster | {d.seconds:.0f} | {d.driver_peak_mb:,.0f} | {workers} | "
-            f"{d.tasks} | {d.metrics.get(ndcg, 0.0):.4f} |",
+            f"| run | {size} | seconds | peak RSS MB, driver | peak RSS MB per worker | tasks "
+            f"| {ndcg} |",
+            "|---|---|---|---|---|---|---|",
+            f"| single process | {_size(single, self.events)} | {total:.0f} | {peak:,.0f} | - | - "
+            f"| {self.metrics.get(ndcg, 0.0):.4f} |",
+            f"| Dask LocalCluster | {_size(large, self.dask_events or self.events)} "
+            f"| {d.seconds:.0f} | {d.driver_peak_mb:,.0f} | {workers} | {d.tasks} "
+            f"| {d.metrics.get(ndcg, 0.0):.4f} |",
         ]
+
+
+def _size(spec: SynthSpec, events: int) -> str:
+    return f"{spec.users:,} / {spec.items:,} / {events:,}"
 
 
 def bench(
@@ -111,21 +123,36 @@ def bench(
     events_per_user: float,
     dask_workers: int = 0,
     memory_limit: str = "1.5GB",
+    single: tuple[int, int] | None = None,
 ) -> BatchBenchResult:
     """Generate the set, time a plain read of it, then run the batch stage (and, with
-    ``dask_workers``, again on a LocalCluster of that many workers, in a fresh process)."""
+    ``dask_workers``, again on a LocalCluster of that many workers, in a fresh process).
+
+    ``single``: ``(users, items)`` of a smaller set for the single-process run, the Dask one
+    running on the full size (the single process's peak only grows with the size, so a worker
+    limit below the smaller run's peak is below the full size's too)."""
     spec = SynthSpec(users=users, items=items, days=28, events_per_user=events_per_user, seed=1)
+    small = spec if single is None else replace(spec, users=single[0], items=single[1])
     with tempfile.TemporaryDirectory(prefix="tandem-batch-") as tmp:
         folder = Path(tmp)
         started = time.perf_counter()
-        events, _ = write(spec, folder)
+        events, _ = write(small, folder / "single")
         synth_s = time.perf_counter() - started
         started = time.perf_counter()
-        pd.read_parquet(folder / "interactions.parquet")
+        pd.read_parquet(folder / "single" / "interactions.parquet")
         read_s = time.perf_counter() - started
-        output = run(folder, quiet=False)
-        dask = _on_dask(folder, dask_workers, memory_limit) if dask_workers else None
-    return BatchBenchResult(spec, events, synth_s, read_s, output.timings, output.metrics, dask)
+        output = run(folder / "single", quiet=False)
+        timings, metrics = output.timings, output.metrics
+        del output  # the lists: not kept while the Dask run measures its own memory
+        dask, large, large_events = None, None, 0
+        if dask_workers and small != spec:
+            large, (large_events, _) = spec, write(spec, folder / "large")
+            shutil.rmtree(folder / "single")
+        if dask_workers:
+            dask = _on_dask(folder / ("large" if large else "single"), dask_workers, memory_limit)
+    return BatchBenchResult(
+        small, events, synth_s, read_s, timings, metrics, dask, large, large_events
+    )
 
 
 def _on_dask(folder: Path, workers: int, memory_limit: str) -> DaskRow:

@@ -328,6 +328,13 @@ def _synth_option(
     show_default=True,
     help="Each Dask worker's memory limit (below the single-process peak, to show it fits).",
 )
+@click.option(
+    "--single-size",
+    type=(click.IntRange(100, 10**7), click.IntRange(100, 10**7)),
+    default=None,
+    help="USERS ITEMS of a smaller set for the single-process run (the Dask run keeps "
+    "--users/--items); its peak is a lower bound of the full size's. Default: the same set.",
+)
 @write_option
 def bench_batch(
     users: int,
@@ -335,15 +342,19 @@ def bench_batch(
     events_per_user: float,
     dask_workers: int,
     worker_memory: str,
+    single_size: tuple[int, int] | None,
     write: Path | None,
 ) -> None:
     """Wall time and peak memory of the batch stage, stage by stage (no services needed)."""
-    result = batch_bench.bench(users, items, events_per_user, dask_workers, worker_memory)
+    result = batch_bench.bench(
+        users, items, events_per_user, dask_workers, worker_memory, single_size
+    )
+    smaller = f" --single-size {single_size[0]} {single_size[1]}" if single_size else ""
     _report(
         "batch",
         f"python -m benchmarks batch --users {users} --items {items} "
         f"--events-per-user {events_per_user:g} --dask-workers {dask_workers} "
-        f"--worker-memory {worker_memory}",
+        f"--worker-memory {worker_memory}{smaller}",
         result.markdown(),
         write,
     )
