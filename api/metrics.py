@@ -19,6 +19,11 @@ REQUESTS = Histogram(
     buckets=LATENCY_BUCKETS,
     registry=REGISTRY,
 )
+READ_RETRIES = Counter(
+    "tandem_api_read_retries_total",
+    "First round trips tried again after a failed Redis connection",
+    registry=REGISTRY,
+)
 DEGRADED = Counter(
     "tandem_api_degraded_total",
     "Answers in batch order or from the snapshot",

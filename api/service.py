@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from tandem.api import metrics
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 SOURCE_NAMES = ((FROM_U2I, U2I), (FROM_I2I, I2I), (FROM_POPULAR, POPULAR))
 MIN_CANDIDATES = 50
 MAX_SHADOWS = 8  # shadow answers computed at once, at most (beyond: not sampled)
+SNAPSHOT_LOG_EVERY_S = 5.0  # at most one warning line this often while answers are degraded
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +108,7 @@ class RecommendationService:
         self._categories: dict[int, dict[str, str]] = {}  # per u2i version (live and canary)
         self.impressions: ImpressionLog | None = None
         self._shadows: set[asyncio.Future[None]] = set()
+        self._snapshot_logged = float("-inf")
 
     async def recommend(
         self, user: str, k: int, device: str | None, exclude: frozenset[str] = NOTHING
@@ -118,9 +121,7 @@ class RecommendationService:
         segment = f"device:{device}" if device else "global"
         try:
             async with asyncio.timeout(self._redis_timeout(deadline)):  # no task, unlike wait_for
-                data = await self._reader.read(
-                    user, k, device or "any", segment, use_cache=not exclude
-                )
+                data = await self._read(user, k, device or "any", segment, not exclude)
         except (RedisError, OSError, TimeoutError, StoreError) as e:
             return self._from_snapshot(user, k, segment, started, e, exclude)
         metrics.VARIANTS.labels(data.assignment.variant).inc()
@@ -215,6 +216,19 @@ class RecommendationService:
             await self._reader.record_shadow(version, overlap, took_ms)
         except (RedisError, OSError, TimeoutError) as e:
             log.debug("a shadow answer of u2i v%s was not recorded: %s", version, e)
+
+    async def _read(
+        self, user: str, k: int, device: str, segment: str, use_cache: bool
+    ) -> RequestData:
+        """The first round trip, tried a second time (within the caller's budget) when a
+        connection failed: a cluster client that refreshes its topology after a failover closes
+        the connections other requests are using, and those reads deserve a fresh one."""
+        try:
+            return await self._reader.read(user, k, device, segment, use_cache=use_cache)
+        except RedisConnectionError as e:
+            log.debug("Redis read failed (%s); trying once more", e)
+            metrics.READ_RETRIES.inc()
+            return await self._reader.read(user, k, device, segment, use_cache=use_cache)
 
     def rules(self, session: SessionView, mine: frozenset[str]) -> Container[str]:
         """What an answer may not hold: the session's items of the excluded event types, the
@@ -405,6 +419,14 @@ class RecommendationService:
                 "Redis is unreachable and no popular items are cached yet; retry shortly"
             ) from error
         metrics.DEGRADED.labels("redis").inc()
+        now = time.monotonic()
+        if now - self._snapshot_logged >= SNAPSHOT_LOG_EVERY_S:  # one line per 5 s, not per answer
+            self._snapshot_logged = now
+            log.warning(
+                "Redis read failed (%s: %s): answering from the snapshot",
+                type(error).__name__,
+                error,
+            )
         excluded = excluding(exclude, self.hidden.items)
         items = [
             {"item_id": i, "score": round(s, 6), "sources": [POPULAR]}

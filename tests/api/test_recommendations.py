@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from tandem.api.keys import SERVICE
 from tandem.contracts.features import FEATURES
@@ -190,6 +191,26 @@ async def test_deadline_answers_in_time_degraded(client: Client, redis: Redis, k
     assert body["degraded_reason"] == "deadline"
     assert [i["item_id"] for i in body["items"]] == ["a0", "a1", "a2"]  # batch order
     assert took_s < 0.5 + 0.2  # the 500 ms budget, not the 1 s re-ranker
+
+
+async def test_a_read_whose_connection_failed_is_tried_once_more(
+    client: Client, redis: Redis, keys: Keys
+) -> None:
+    """A cluster client refreshing its topology after a failover closes connections other
+    requests use: such a read is tried again (real Redis) instead of answering degraded."""
+    await seed(redis, keys)
+    service = client.app[SERVICE]
+    real_read, failures = service._reader.read, [RedisConnectionError("closed under the read")]
+
+    async def closing_once(*args: Any, **kwargs: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return await real_read(*args, **kwargs)
+
+    service._reader.read = closing_once  # type: ignore[method-assign]
+    status, body = await get(client, "/v1/recommendations/alice?k=3")
+    assert (status, body["degraded"], failures) == (200, False, [])
+    assert [i["item_id"] for i in body["items"]] == ["a0", "a1", "a2"]
 
 
 async def test_event_through_api_and_worker_reaches_the_answer(
