@@ -1,18 +1,7 @@
 """Hiding items: an operator hides an item from every answer (admin), a user hides one for
-themself. Both take effect from the next request of every API process (see api/rules.py).
-
-An operator's change is written to Redis (live at once), then recorded on the compacted topic
-``tandem.hidden``, and the answer waits for the broker's ack. The topic is the durable record a
-stream worker replays: a new worker group, or a Redis rebuilt after it was lost, ends in the
-state of the operator's last change, whichever API process or CLI made it. (Written to Redis
-alone, a replay could re-hide an item an operator had since unhidden.) Waiting for the ack keeps
-changes answered one after another in that order on the topic; a change the broker does not
-take is answered 503 (live, not recorded: send it again, it is idempotent).
-"""
+themself. Both take effect from the next request of every API process (see api/rules.py)."""
 
 from __future__ import annotations
-
-import asyncio
 
 import orjson
 from aiohttp import web
@@ -20,17 +9,13 @@ from pydantic import BaseModel, Field
 from pydantic.json_schema import JsonSchemaMode
 
 from tandem.api import openapi
-from tandem.api.exceptions import BadRequest, Conflict, Unavailable
+from tandem.api.exceptions import BadRequest, Conflict
 from tandem.api.handlers import _require_admin
-from tandem.api.keys import HIDDEN, PRODUCER
+from tandem.api.keys import HIDDEN
 from tandem.api.models import Model
-from tandem.contracts import topics
 from tandem.contracts.exceptions import ValidationError
-from tandem.contracts.hidden import encode_hidden
 from tandem.contracts.ids import check_id
 from tandem.store.hidden import HiddenFull
-
-RECORD_TIMEOUT_S = 5.0  # the bound on the broker's ack of an operator's change
 
 
 class HiddenChange(Model):
@@ -83,25 +68,8 @@ async def _change(request: web.Request, user: str | None) -> web.Response:
             changed = await store.hide_for_user(user, item, hidden=hidden)
     except HiddenFull as e:
         raise Conflict(str(e)) from e
-    if user is None:
-        await _record(request, item, hidden)
     body: dict[str, object] = {"item_id": item, "hidden": hidden, "changed": changed}
     return _answer(body if user is None else {**body, "user_id": user})
-
-
-async def _record(request: web.Request, item: str, hidden: bool) -> None:
-    """Record the operator's change on ``tandem.hidden`` and wait for the broker's ack, so that
-    changes answered one after another are recorded in that order whichever process took them."""
-    value = encode_hidden(item, hidden)
-    try:
-        await asyncio.wait_for(
-            request.app[PRODUCER].send(topics.HIDDEN, item.encode(), value), RECORD_TIMEOUT_S
-        )
-    except TimeoutError as e:
-        raise Unavailable(
-            f"the change is live but the broker did not acknowledge its record on "
-            f"{topics.HIDDEN} within {RECORD_TIMEOUT_S:g} s: send it again (it is idempotent)"
-        ) from e
 
 
 async def change_hidden(request: web.Request) -> web.Response:

@@ -215,12 +215,6 @@ class AsyncProducer:
     def send_event(self, user_id: str, value: bytes) -> asyncio.Future[None]:
         """Queue one event keyed by its user; the future completes when the broker acks it.
         Raises :class:`Unavailable` at once when the event cannot be queued."""
-        return self.send(topics.EVENTS, user_id.encode(), value)
-
-    def send(self, topic: str, key: bytes, value: bytes) -> asyncio.Future[None]:
-        """Queue one record on ``topic``; the future completes when the broker acks it (fails
-        with :class:`Unavailable` when it does not). Raises :class:`Unavailable` at once when
-        the record cannot be queued."""
         future: asyncio.Future[None] = self._loop.create_future()
         with self._lock:
             broken, producer, generation = self._broken, self._producer, self._generation
@@ -232,8 +226,8 @@ class AsyncProducer:
             )
         try:
             producer.produce(
-                topic,
-                key=key,
+                topics.EVENTS,
+                key=user_id.encode(),
                 value=value,
                 on_delivery=functools.partial(self._ack, generation, future),
             )

@@ -49,10 +49,8 @@ def _publish(settings: Settings, item_ids: tuple[str, ...], hidden: bool) -> Non
         producer.produce(topics.HIDDEN, key=key, value=value)
     if producer.flush(PUBLISH_TIMEOUT_S) > 0:
         raise ServiceError(
-            f"the broker did not acknowledge the record on {topics.HIDDEN} within "
-            f"{PUBLISH_TIMEOUT_S:g} s (a change written to Redis is live, but a replay of the "
-            "topic would not repeat it); check TANDEM_KAFKA and run the command again (it is "
-            "idempotent)"
+            f"the broker did not acknowledge {topics.HIDDEN} within {PUBLISH_TIMEOUT_S:g} s; "
+            "check TANDEM_KAFKA and run the command again (it is idempotent)"
         )
 
 
@@ -71,12 +69,8 @@ def _change(ctx: click.Context, item_ids: tuple[str, ...], hidden: bool, via_kaf
     async def job(store: HiddenItems) -> list[bool]:
         return [await store.hide(item, hidden=hidden) for item in item_ids]
 
-    changes = _with_hidden(settings, job)
-    for item, changed in zip(item_ids, changes, strict=True):
+    for item, changed in zip(item_ids, _with_hidden(settings, job), strict=True):
         click.echo(f"{item}: {word}" if changed else f"{item}: already {word}")
-    # The durable record a worker replays (a new group, or Redis rebuilt): without it a replay
-    # could undo this change.
-    _publish(settings, item_ids, hidden)
 
 
 @click.group()
@@ -87,8 +81,8 @@ def items() -> None:
 VIA_KAFKA = click.option(
     "--via-kafka",
     is_flag=True,
-    help="Only send the change on tandem.hidden for the stream worker to apply (no Redis access "
-    "needed). Without it the change is written to Redis at once and also recorded there.",
+    help="Send the change on tandem.hidden for the stream worker to apply, instead of writing "
+    "to Redis directly.",
 )
 
 
