@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from tandem.api.app import create_app
 from tandem.api.keys import SERVICE
 from tandem.api.rules import HiddenSet, parse_exclude
+from tandem.contracts import topics
 from tandem.contracts.domain import EVENT_TYPES
 from tandem.contracts.exceptions import ConfigError
 from tandem.contracts.schemas import Event
@@ -27,7 +28,7 @@ from tandem.contracts.settings import Settings, excluded_event_types
 from tandem.shell import devservices
 from tandem.store.keys import Keys
 from tests.api.conftest import put_version
-from tests.helpers import wait_for
+from tests.helpers import read_topic, wait_for
 
 pytestmark = pytest.mark.integration
 
