@@ -73,12 +73,20 @@ async def test_events_are_attributed_to_their_impressions(
         events.flush()
 
     async with running(settings, options):
-        # user3 clicks before the worker sees the impression it names: the click waits for it.
-        send(event(user3, "b1", "click", "r3"))
         log(
             (user1, impression(user1, "r1", ["a0", "a1"], canary=False)),
             (user2, impression(user2, "r2", ["b0"], canary=True)),
         )
+
+        async def written() -> bool:  # the new group has read the shared topic up to them
+            found = [await redis.exists(keys.last_impression(u)) for u in (user1, user2)]
+            return all(found)
+
+        # Events without a request id count against the last impression the worker has seen;
+        # the two topics are consumed independently, so the test waits for the impressions.
+        await wait_for(written, 60, "the worker to write the impressions")
+        # user3 clicks before the worker sees the impression it names: the click waits for it.
+        send(event(user3, "b1", "click", "r3"))
         send(
             event(user1, "a1", "click", "r1"),
             event(user1, "a1", "click", "r1"),  # one impression counts one click
