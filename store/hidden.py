@@ -40,6 +40,34 @@ return changed
 """
 
 
+# The same for many items in order, one round trip (the stream worker applies a topic's records
+# in batches). KEYS: the set, its version, the global epoch   ARGV: max size, then item and
+# '1' / '0' for each change. Returns each change's result as CHANGE does; the version and the
+# epoch move once when anything changed.
+CHANGE_MANY = """
+local limit, any, results = tonumber(ARGV[1]), false, {}
+for i = 2, #ARGV, 2 do
+  local item, r = ARGV[i], 0
+  if ARGV[i + 1] == '1' then
+    if redis.call('SISMEMBER', KEYS[1], item) == 0 and redis.call('SCARD', KEYS[1]) >= limit then
+      r = -1
+    else
+      r = redis.call('SADD', KEYS[1], item)
+    end
+  else
+    r = redis.call('SREM', KEYS[1], item)
+  end
+  if r == 1 then any = true end
+  results[#results + 1] = r
+end
+if any then
+  redis.call('INCR', KEYS[2])
+  redis.call('INCR', KEYS[3])
+end
+return results
+"""
+
+
 class HiddenFull(StoreError):
     """The set of hidden items is at its bound: unhide some first."""
 
@@ -56,6 +84,20 @@ class HiddenItems:
         keys = self._keys
         where = [keys.hidden(), keys.hidden_version(), keys.global_epoch()]
         return await self._change(where, item_id, hidden, MAX_HIDDEN, 0)
+
+    async def change_many(self, changes: list[tuple[str, bool]]) -> list[bool | None]:
+        """Hide or unhide many items from every answer, in order, in one round trip: for each
+        change whether anything changed, or None where the set was full (as :meth:`hide`
+        raises :class:`HiddenFull`)."""
+        if not changes:
+            return []
+        keys = self._keys
+        args: list[str | int] = [MAX_HIDDEN]
+        for item_id, hidden in changes:
+            args += [check_id(item_id, "item_id"), int(hidden)]
+        where = [keys.hidden(), keys.hidden_version(), keys.global_epoch()]
+        results = await self._redis.eval(CHANGE_MANY, len(where), *where, *args)
+        return [None if int(r) < 0 else int(r) == 1 for r in results]
 
     async def hide_for_user(self, user_id: str, item_id: str, *, hidden: bool = True) -> bool:
         """Hide (or unhide) an item from one user's answers; whether anything changed."""

@@ -6,9 +6,9 @@ import asyncio
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import faust
 from faust.types import EventT, Message, StreamT
@@ -25,8 +25,7 @@ from tandem.contracts.session import SessionPolicy, SessionState, update
 from tandem.contracts.settings import Settings
 from tandem.contracts.versions import State, VersionRecord
 from tandem.store.connect import connect
-from tandem.store.exceptions import StoreError
-from tandem.store.hidden import HiddenItems
+from tandem.store.hidden import MAX_HIDDEN, HiddenItems
 from tandem.store.keys import Keys
 from tandem.streams import metrics
 from tandem.streams.attribution import Attribution
@@ -64,8 +63,11 @@ class WorkerOptions:
 RETRY_FIRST_S = 0.1
 RETRY_MAX_S = 2.0
 T = TypeVar("T")
+R = TypeVar("R")
 
 CHANGELOG_HAND_RECORDS = 2000
+HIDDEN_BATCH = 500  # tandem.hidden records applied in one Redis round trip
+HIDDEN_WITHIN_S = 0.05  # how long a batch waits for more (an operator's hide: well within 1 s)
 TANSU_CHANGELOG_BATCH_BYTES = 1
 CHANGELOG_BATCH_BYTES = 65_536
 
@@ -399,15 +401,15 @@ class StreamWorker:
             self.trending.restore(counts)
             raise
 
-    async def _retrying(self, what: str, write: Callable[[T], Awaitable[None]], payload: T) -> None:
-        """``write(payload)`` until it succeeds, backing off; after ``redis_outage_s`` without
-        success, :class:`RedisUnavailable` (the worker then stops, and exits non-zero)."""
+    async def _retrying(self, what: str, write: Callable[[T], Awaitable[R]], payload: T) -> R:
+        """``write(payload)`` until it succeeds (its result), backing off; after
+        ``redis_outage_s`` without success, :class:`RedisUnavailable` (the worker then stops,
+        and exits non-zero)."""
         deadline = time.monotonic() + self.options.redis_outage_s
         delay = RETRY_FIRST_S
         while True:
             try:
-                await write(payload)
-                return
+                return await write(payload)
             except (RedisError, OSError) as e:
                 if time.monotonic() + delay > deadline:
                     raise RedisUnavailable(
@@ -444,30 +446,47 @@ class StreamWorker:
                 log.warning("skipping an unreadable record on %s: %s", topics.VERSIONS, e)
                 continue
             if record.state is State.LIVE:
-                epoch = await self.mirror.bump_global_epoch()
+                epoch = await self._bump_epoch()
                 metrics.EPOCH_BUMPS.inc()
                 log.info(
                     "cutover of %s v%s: global epoch now %d", record.store, record.version, epoch
                 )
 
+    async def _bump_epoch(self) -> int:
+        """Bump the global epoch (no cached answer made before a cutover is served again),
+        retrying through a Redis outage as every other write does."""
+        return await self._retrying(
+            "a cutover's epoch", lambda _: self.mirror.bump_global_epoch(), None
+        )
+
     async def _on_hidden(self, stream: StreamT[bytes]) -> None:
-        async for event in stream.events():
-            await self.apply_hidden(event)
+        # take_events is Stream's, not in the StreamT protocol; the agent's stream is a Stream.
+        batches = cast(faust.Stream[bytes], stream).take_events(HIDDEN_BATCH, HIDDEN_WITHIN_S)
+        async for events in batches:
+            await self.apply_hidden(events)
 
-    async def apply_hidden(self, event: EventT[bytes]) -> None:
-        """Apply an operator's hide or unhide from ``tandem.hidden`` to Redis (every API process
-        sees it with its next request), or dead-letter a record that is not one."""
-        try:
-            item, hidden = decode_hidden(event.value or b"")
-            await self._retrying("a hidden item", self._write_hidden, (item, hidden))
-        except (ValidationError, StoreError) as e:
-            await self._dead_letter(event.message, str(e))
+    async def apply_hidden(self, events: Sequence[EventT[bytes]]) -> None:
+        """Apply operators' hides and unhides from ``tandem.hidden`` to Redis, in order and in
+        one round trip (every API process sees them with its next request; a new worker group
+        replays the whole compacted topic in a few), and dead-letter the records that are not
+        one or that the full set refuses."""
+        taken: list[tuple[EventT[bytes], tuple[str, bool]]] = []
+        for event in events:
+            try:
+                taken.append((event, decode_hidden(event.value or b"")))
+            except ValidationError as e:
+                await self._dead_letter(event.message, str(e))
+        if not taken:
             return
-        metrics.HIDDEN.labels("hide" if hidden else "unhide").inc()
-        log.info("item %s %s", item, "hidden" if hidden else "unhidden")
-
-    async def _write_hidden(self, change: tuple[str, bool]) -> None:
-        await self.hidden.hide(change[0], hidden=change[1])
+        changes = [change for _, change in taken]
+        results = await self._retrying("hidden items", self.hidden.change_many, changes)
+        for (event, (_, hidden)), changed in zip(taken, results, strict=True):
+            if changed is None:
+                await self._dead_letter(event.message, f"hidden: {MAX_HIDDEN} items are hidden")
+                continue
+            metrics.HIDDEN.labels("hide" if hidden else "unhide").inc()
+        shown = ", ".join(f"{item} {'hidden' if hidden else 'shown'}" for item, hidden in changes)
+        log.info("applied %d change(s) of hidden items: %s", len(changes), shown[:200])
 
     async def close(self) -> None:
         """Write what is queued to Redis and release it (Faust's producer, stopped by now,

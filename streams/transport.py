@@ -15,6 +15,7 @@ committed.
 from __future__ import annotations
 
 import asyncio
+import logging
 import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Iterable
 from typing import Any, cast
@@ -22,7 +23,10 @@ from typing import Any, cast
 import faust
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as driver
+from faust.types import AgentT
 from mode import Service
+
+log = logging.getLogger(__name__)
 
 FETCH_MAX_WAIT_MS = 10
 YIELD_EVERY = 100  # messages handed to the streams between two yields to the event loop
@@ -198,6 +202,14 @@ class TandemApp(faust.App):
         self.before_producer_flush: list[Callable[[], Awaitable[None]]] = []
         #: Topic name -> its batch handler (see :meth:`batch_topic`).
         self.batch_handlers: dict[str, BatchHandler] = {}
+
+    async def _on_agent_error(self, agent: AgentT[Any], exc: BaseException) -> None:
+        """An agent that failed stops the app (Faust would restart the agent past the record it
+        failed on, so losing it, and the process would live on): the worker exits non-zero and,
+        started again, reads from the last committed offset."""
+        await super()._on_agent_error(agent, exc)
+        log.error("the %s agent failed: %r", agent.name, exc)
+        await self.crash(exc)
 
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)

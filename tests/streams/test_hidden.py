@@ -60,3 +60,40 @@ async def test_hides_from_the_topic_reach_redis_and_bad_records_the_dlq(
 
         (_, reason, _), *_ = await wait_for(dead_lettered, 10, "the bad record in the DLQ")
         assert reason.startswith(b"item: must be")
+
+
+async def test_many_records_apply_in_order(settings: Settings, redis: Redis, keys: Keys) -> None:
+    """A new worker group replays the compacted topic: many records, in batches, in order."""
+    tag = uuid.uuid4().hex[:8]
+    items = [f"m{tag}{n}" for n in range(300)]
+    publish(
+        settings,
+        *[(item.encode(), encode_hidden(item, True)) for item in items],
+        *[(item.encode(), encode_hidden(item, False)) for item in items[::2]],
+    )
+    expected = {item.encode() for item in items[1::2]}
+
+    async def applied() -> bool:
+        return {m for m in await redis.smembers(keys.hidden()) if tag.encode() in m} == expected
+
+    async with running(settings, WorkerOptions(app_id="hm" + uuid.uuid4().hex[:8])):
+        await wait_for(applied, 30, "the hides and unhides, in order")
+
+
+async def test_a_failing_agent_stops_the_worker(settings: Settings) -> None:
+    """Faust would restart a failed agent past the record it failed on (so losing it) and the
+    process would live on: the worker stops instead, and its runner exits non-zero."""
+    item = "f" + uuid.uuid4().hex[:10]
+
+    async def fail(changes: list[tuple[str, bool]]) -> list[bool | None]:
+        raise RuntimeError(f"cannot apply {changes[-1]}")
+
+    async with running(settings, WorkerOptions(app_id="hf" + uuid.uuid4().hex[:8])) as worker:
+        worker.hidden.change_many = fail  # type: ignore[method-assign]
+        publish(settings, (item.encode(), encode_hidden(item, True)))
+
+        async def stopped() -> bool:
+            return worker.app.crashed
+
+        await wait_for(stopped, 30, "the worker to stop")
+        assert item in repr(worker.app.crash_reason)
