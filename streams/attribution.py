@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 ATTRIBUTED = frozenset({"click", "add_to_cart", "purchase"})
 # An event naming an impression the worker has not seen yet waits this long for it.
 WAIT_FOR_IMPRESSION_S = 10.0
+# One naming none, whose item is not in the user's last impression seen so far, waits this long
+# for a newer one: the worker reads tandem.impressions and tandem.events independently, so the
+# answer a click came from may be read a little after the click.
+WAIT_FOR_LAST_IMPRESSION_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,15 +178,11 @@ class Attribution:
         waiting, hits = [], []
         now = time.monotonic()
         for (event, since), rid, raw in zip(events, request_ids, raws, strict=True):
-            if raw is None:
-                if event.request_id is not None and now - since < WAIT_FOR_IMPRESSION_S:
-                    waiting.append((event, since))
-                else:
-                    metrics.UNATTRIBUTED.inc()
-                continue
-            shown = _decode_shown(raw, event.user_id, rid or "")
-            if event.item_id in shown.items:
+            shown = None if raw is None else _decode_shown(raw, event.user_id, rid or "")
+            if shown is not None and event.item_id in shown.items:
                 hits.append((event, shown))
+            elif now - since < _patience(event, found=shown is not None):
+                waiting.append((event, since))
             else:
                 metrics.UNATTRIBUTED.inc()
         if hits:
@@ -214,3 +214,12 @@ class Attribution:
             if first:
                 self._count(pipe, shown, event.event_type)
         await pipe.execute()
+
+
+def _patience(event: Event, *, found: bool) -> float:
+    """How long an event not attributed yet may wait for its impression to be read: one that
+    names an impression not read yet waits for it; one whose named impression did not show its
+    item never matches; one naming none waits a little for a newer last impression."""
+    if event.request_id is None:
+        return WAIT_FOR_LAST_IMPRESSION_S
+    return 0.0 if found else WAIT_FOR_IMPRESSION_S

@@ -21,6 +21,7 @@ from tandem.shell.processes import environment
 from tandem.store.experiments import VariantStats, parse_counters
 from tandem.store.keys import Keys
 from tandem.store.online import Assignment
+from tandem.streams import attribution
 from tandem.streams.app import WorkerOptions
 from tandem.streams.attribution import Attribution
 from tandem.streams.produce import EventProducer
@@ -55,9 +56,14 @@ def event(user: str, item: str, kind: str, request_id: str | None = None) -> Eve
 
 
 async def test_events_are_attributed_to_their_impressions(
-    settings: Settings, redis: Redis, keys: Keys
+    settings: Settings, redis: Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    user1, user2, user3 = ("u" + uuid.uuid4().hex[:10] for _ in range(3))
+    # A click naming no impression, read before the answer it came from, waits for it (as
+    # long as one naming it does here, so the test does not depend on how soon it is read).
+    monkeypatch.setattr(
+        attribution, "WAIT_FOR_LAST_IMPRESSION_S", attribution.WAIT_FOR_IMPRESSION_S
+    )
+    user1, user2, user3, user4 = ("u" + uuid.uuid4().hex[:10] for _ in range(4))
     options = WorkerOptions(app_id="w" + uuid.uuid4().hex[:8])
     producer = make_producer(settings, bulk=False)
     events = EventProducer(settings)
@@ -72,7 +78,7 @@ async def test_events_are_attributed_to_their_impressions(
             events.send(e)
         events.flush()
 
-    async with running(settings, options):
+    async with running(settings, options) as worker:
         log(
             (user1, impression(user1, "r1", ["a0", "a1"], canary=False)),
             (user2, impression(user2, "r2", ["b0"], canary=True)),
@@ -85,8 +91,15 @@ async def test_events_are_attributed_to_their_impressions(
         # Events without a request id count against the last impression the worker has seen;
         # the two topics are consumed independently, so the test waits for the impressions.
         await wait_for(written, 60, "the worker to write the impressions")
-        # user3 clicks before the worker sees the impression it names: the click waits for it.
-        send(event(user3, "b1", "click", "r3"))
+        # user3 clicks before the worker sees the impression it names: the click waits for it;
+        # user4's click names none, and waits for the user's last impression to show its item.
+        send(event(user3, "b1", "click", "r3"), event(user4, "c1", "click"))
+
+        async def waiting() -> bool:  # kept through more than one attribution pass
+            since = {e.user_id: t for e, t in worker.attribution.events}
+            return all(time.monotonic() - since.get(u, 1e18) > 0.5 for u in (user3, user4))
+
+        await wait_for(waiting, 30, "the two clicks to wait for their impressions")
         send(
             event(user1, "a1", "click", "r1"),
             event(user1, "a1", "click", "r1"),  # one impression counts one click
@@ -95,19 +108,22 @@ async def test_events_are_attributed_to_their_impressions(
             event(user2, "zz", "click"),  # not shown: not attributed
             event(user2, "b0", "view"),  # views are not attributed
         )
-        log((user3, impression(user3, "r3", ["b1"], canary=True)))
+        log(
+            (user3, impression(user3, "r3", ["b1"], canary=True)),
+            (user4, impression(user4, "r4", ["c1"], canary=True)),
+        )
 
         async def counted() -> tuple[VariantStats, VariantStats] | None:
             stats = parse_counters(await redis.hgetall(keys.experiment("u2i", CANARY)))
             control, canary = stats["control"], stats["canary"]
-            return (control, canary) if control.purchase == 1 and canary.click == 2 else None
+            return (control, canary) if control.purchase == 1 and canary.click == 3 else None
 
         control, canary = await wait_for(counted, timeout_s=30, what="attributed events")
     assert (control.impressions, control.click, control.purchase) == (1, 1, 1)
-    assert (canary.impressions, canary.click, canary.purchase) == (2, 2, 0)
+    assert (canary.impressions, canary.click, canary.purchase) == (3, 3, 0)
     online = await redis.hgetall(keys.online("u2i"))
     assert online[f"{LIVE}:control:click".encode()] == b"1"
-    assert online[f"{CANARY}:canary:impressions".encode()] == b"2"
+    assert online[f"{CANARY}:canary:impressions".encode()] == b"3"
 
     shown = await asyncio.to_thread(  # the command runs its own event loop
         CliRunner().invoke,
