@@ -135,20 +135,19 @@ def session_category_share(events: pd.DataFrame, data: Dataset) -> np.ndarray:
     about how often the user comes back to that intent; counted by events, one long session
     outweighs several short ones. Undecayed: a taste lasts longer than a few days' decay."""
     n_cat = len(data.categories)
-    per_session = pd.DataFrame(
-        {
-            "user": events["user"].to_numpy(),
-            "session": events["session"].to_numpy(),
-            "category": data.item_category[events["item"].to_numpy()],
-        }
-    ).value_counts(sort=True)  # most events first: the first row of a session is its intent
-    intents = per_session.index.to_frame(index=False).drop_duplicates(["user", "session"])
+    sessions = int(events["session"].max()) + 1 if len(events) else 1
+    visit = events["user"].to_numpy(np.int64) * sessions + events["session"].to_numpy(np.int64)
+    found, size = np.unique(  # (user's session, category) pairs, sorted, with their events
+        visit * n_cat + data.item_category[events["item"].to_numpy()], return_counts=True
+    )
+    visits = found // n_cat
+    # per session, its category with the most events first (ties: the lower category code)
+    order = np.lexsort((-size, visits))
+    intent = order[np.r_[True, visits[order][1:] != visits[order][:-1]]] if order.size else order
     counts = np.bincount(
-        intents["user"].to_numpy() * n_cat + intents["category"].to_numpy(),
-        minlength=data.n_users * n_cat,
+        visits[intent] // sessions * n_cat + found[intent] % n_cat, minlength=data.n_users * n_cat
     ).reshape(data.n_users, n_cat)
-    prior = SESSION_PRIOR
-    share = (counts + prior / n_cat) / (counts.sum(axis=1, keepdims=True) + prior)
+    share = (counts + SESSION_PRIOR / n_cat) / (counts.sum(axis=1, keepdims=True) + SESSION_PRIOR)
     result: np.ndarray = share.astype(np.float32)
     return result
 
