@@ -251,7 +251,7 @@ def _fit_users(frame: pd.DataFrame, label: np.ndarray, seed: int) -> np.ndarray:
 def _learn(stages: Stages, data: Dataset, options: Options) -> _Learned:
     """Ranker, evaluation and re-ranker, none of which sees the held-out interactions."""
     outer = split(data.events, options.protocol)
-    inner = split(outer.train, options.protocol)
+    inner = split(outer.train, options.protocol.inner())
     if outer.test.empty or inner.test.empty or inner.train.empty:
         raise InputError(
             f"too little data to split by {options.protocol.describe()}: "

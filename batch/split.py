@@ -50,6 +50,15 @@ class Protocol:
             raise InputError(f"--last-n {last_n!r}: a whole count of at least 1")
         return cls("last-n", last_n=int(value))
 
+    def inner(self) -> Protocol:
+        """The protocol that splits the training part again with the same held-out horizon:
+        under ``time`` the training part spans ``1 - share`` of the time, so the same length
+        of time is a larger share of it (the ranker learns from a window as long as the one it
+        is judged on); ``last-n`` already holds out the same per user."""
+        if self.name != "time":
+            return self
+        return Protocol("time", share=self.share / (1 - self.share))
+
     def describe(self) -> str:
         """Short text for reports."""
         if self.name == "time":

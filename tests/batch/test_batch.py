@@ -154,3 +154,34 @@ def test_sessions_from_inactivity_gap(tmp_path: Path) -> None:
     ).to_csv(path, index=False)
     events = load(path).events
     assert events.groupby("user")["session"].nunique().tolist() == [2, 1]
+
+
+def test_category_taste_counts_sessions_not_events() -> None:
+    """One long session in category a weighs less than three short ones in b: the taste
+    feature counts a session once, by the category most of its events fall in."""
+    from tandem.batch.data import Dataset
+    from tandem.batch.ranking import item_category_share, session_category_share
+
+    # user 0: session 0 has 6 events in a (item 0) plus one wandering into b; sessions 1-3
+    # one event each in b (item 1); user 1 has no history
+    items = [0] * 6 + [1, 1, 1, 2]
+    events = pd.DataFrame(
+        {
+            "user": [0] * len(items),
+            "item": items,
+            "session": [0] * 7 + [1, 2, 3],
+            "ts": np.arange(len(items)),
+        }
+    )
+    data = Dataset(
+        events,
+        pd.Index(["u0", "u1"]),
+        pd.Index(["i0", "i1", "i2"]),
+        np.array([0, 1, 1]),
+        pd.Index(["a", "b"]),
+    )
+    share = session_category_share(events, data)
+    assert share[0, 1] > share[0, 0] > 0  # 3 sessions in b against 1 in a, smoothed
+    assert share[0] == pytest.approx([1.5 / 5, 3.5 / 5])  # (count + 1/2) / (4 + 1)
+    assert share[1] == pytest.approx([0.5, 0.5])  # no history: uniform
+    assert item_category_share(events, data) == pytest.approx([1.0, 3 / 4, 1 / 4])

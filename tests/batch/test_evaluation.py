@@ -77,6 +77,23 @@ def test_last_n_holds_out_each_users_newest_interactions(tmp_path: Path) -> None
     assert (held_share == np.maximum(1, np.floor(sizes[held_share.index] * 0.2))).all()
 
 
+def test_the_rankers_inner_split_holds_out_as_long_a_time_as_the_outer_one(
+    tmp_path: Path,
+) -> None:
+    """The ranker learns from a window as long as the one it is judged on."""
+    write(SMALL, tmp_path)
+    events = load(tmp_path / "interactions.parquet").events
+    protocol = Protocol.parse("time")
+    outer = split(events, protocol)
+    inner = split(outer.train, protocol.inner())
+    outer_horizon = int(events["ts"].max()) - outer.now_ms
+    inner_horizon = int(outer.train["ts"].max()) - inner.now_ms
+    assert inner_horizon == pytest.approx(outer_horizon, rel=0.01)
+    assert int(inner.train["ts"].max()) < inner.now_ms <= int(inner.test["ts"].min())
+    last_n = Protocol.parse("last-n", "20%")
+    assert last_n.inner() == last_n
+
+
 @pytest.mark.parametrize("bad", ["0", "abc", "150%", "2.5"])
 def test_last_n_refuses_bad_values(bad: str) -> None:
     with pytest.raises(InputError, match="--last-n"):
