@@ -32,12 +32,12 @@ from tandem.contracts.features import (
     FROM_I2I,
     FROM_POPULAR,
     FROM_U2I,
-    Candidate,
+    Candidates,
     Context,
-    build_features,
+    feature_matrix,
 )
 from tandem.contracts.logctx import REQUEST_ID
-from tandem.contracts.ranking import NO_SESSION, SessionView, merge
+from tandem.contracts.ranking import NO_SESSION, SessionView, merge_columns
 from tandem.contracts.session import SessionState
 from tandem.store.exceptions import StoreError
 from tandem.store.hidden import HiddenItems
@@ -141,7 +141,7 @@ class RecommendationService:
         session, session_device = _session(data.session)
         similar = await self._similar(data, session, deadline)
         excluded = self.rules(session, data.user_hidden | exclude)
-        candidates = merge(
+        candidates = merge_columns(
             data.u2i, similar, data.popular, excluded, want=max(3 * k, MIN_CANDIDATES)
         )
         context = Context(
@@ -153,11 +153,12 @@ class RecommendationService:
             candidates, context, (categories, data.trending), reranker, deadline
         )
         degraded = rows is None
+        ids, sources = candidates.item_ids, candidates.sources
         items = [
             {
-                "item_id": candidates[i].item_id,
+                "item_id": ids[i],
                 "score": round(float(scores[i]), 6),
-                "sources": _sources(candidates[i].sources),
+                "sources": _sources(sources[i]),
             }
             for i in order[:k]
         ]
@@ -169,13 +170,9 @@ class RecommendationService:
             self._cache(data, core)
         body = _envelope(core, cached=False, started=started)
         if self._logs_impression():
-            shown = order[:k]
-            features = (
-                build_features([candidates[i] for i in shown], context, categories, data.trending)
-                if rows is None  # degraded: not re-ranked, yet the record carries them
-                else rows[shown]
-            )
-            self._impression(core, data.assignment, started, answer=(fields, features))
+            if rows is None:  # degraded: not re-ranked, yet the record carries the features
+                rows = feature_matrix(candidates, context, categories, data.trending)
+            self._impression(core, data.assignment, started, answer=(fields, rows[order[:k]]))
         if data.shadow is not None and not degraded:
             self._start_shadow(data, user, k, (similar, excluded, context), items)
         return Answer(body, "degraded" if degraded else "ok")
@@ -214,12 +211,12 @@ class RecommendationService:
         try:
             u2i = await self._reader.candidates(U2I, version, user)
             want = max(3 * k, MIN_CANDIDATES)
-            candidates = merge(u2i, similar, data.popular, excluded, want=want)
+            candidates = merge_columns(u2i, similar, data.popular, excluded, want=want)
             reranker = await self._assets(version)
             features = (self._categories.get(version, {}), data.trending)
             deadline = time.perf_counter() + self._budget.deadline_ms / 1000
             order, _, _ = await self._rank(candidates, context, features, reranker, deadline)
-            shown = {candidates[i].item_id for i in order[:k]}
+            shown = {candidates.item_ids[i] for i in order[:k]}
             overlap = len(shown & served) / max(1, len(served))
             took_ms = (time.perf_counter() - started) * 1000
             await self._reader.record_shadow(version, overlap, took_ms)
@@ -376,7 +373,7 @@ class RecommendationService:
 
     async def _rank(
         self,
-        candidates: list[Candidate],
+        candidates: Candidates,
         context: Context,
         trending: tuple[dict[str, str], dict[str, float]],
         reranker: Reranker,
@@ -386,8 +383,8 @@ class RecommendationService:
         counts) and the feature rows they were scored on, or batch order and None when the
         deadline does not allow re-ranking."""
         batch_order = list(range(len(candidates)))
-        batch_scores = [c.batch_score for c in candidates]
-        if not candidates:
+        batch_scores = candidates.batch_scores
+        if not batch_order:
             return batch_order, batch_scores, np.zeros((0, len(FEATURES)), dtype=np.float32)
         left = deadline - time.perf_counter()
         if getattr(reranker, "inline", False) and left > 0:
@@ -412,12 +409,12 @@ class RecommendationService:
     def _score(
         self,
         reranker: Reranker,
-        candidates: list[Candidate],
+        candidates: Candidates,
         context: Context,
         trending: tuple[dict[str, str], dict[str, float]],
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         with metrics.RERANK.time():
-            rows = build_features(candidates, context, *trending)
+            rows = feature_matrix(candidates, context, *trending)
             return rows, reranker.score(rows)
 
     def _from_snapshot(
