@@ -109,6 +109,7 @@ def main(rate: int, seconds: float, users: int, top: int) -> None:
                         "--rate",
                         "250",
                         "--nonblocking",
+                        "--gil",
                         "--duration",
                         str(int(seconds)),
                         "--output",
