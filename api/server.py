@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 import multiprocessing
 import os
@@ -35,8 +36,14 @@ def serve_one(
         _die_with_parent(parent)
     uvloop.install()
     logctx.install()  # every log line of a request carries its X-Request-ID
+    app = create_app(settings)
+    # What start-up made (~170k objects: the modules of numpy, LightGBM, aiohttp, redis, ...)
+    # lives as long as the process. Out of the cyclic collector's sight, a full collection scans
+    # only what requests made: measured in-process, collections cost 60 us per request (a full
+    # one ~150 ms, a latency spike when it comes) and 1 us after the freeze.
+    gc.freeze()
     web.run_app(
-        create_app(settings),
+        app,
         host=host,
         port=port,
         reuse_port=reuse_port,

@@ -10,10 +10,11 @@ import time
 import uuid
 from collections.abc import Container
 from concurrent.futures import Executor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -27,15 +28,16 @@ from tandem.api.rules import NOTHING, HiddenSet, excluding, seen
 from tandem.contracts.domain import EXCLUDED_EVENTS, I2I, POPULAR, U2I
 from tandem.contracts.exceptions import ValidationError
 from tandem.contracts.features import (
+    FEATURES,
     FROM_I2I,
     FROM_POPULAR,
     FROM_U2I,
-    Candidate,
+    Candidates,
     Context,
-    build_features,
+    feature_matrix,
 )
 from tandem.contracts.logctx import REQUEST_ID
-from tandem.contracts.ranking import NO_SESSION, SessionView, merge
+from tandem.contracts.ranking import NO_SESSION, SessionView, merge_columns
 from tandem.contracts.session import SessionState
 from tandem.store.exceptions import StoreError
 from tandem.store.hidden import HiddenItems
@@ -127,7 +129,8 @@ class RecommendationService:
         metrics.VARIANTS.labels(data.assignment.variant).inc()
         if data.cached is not None:
             metrics.CACHE_HITS.inc()
-            self._impression(data.cached, data.assignment, started, cached=True)
+            if self._logs_impression():
+                self._impression(data.cached, data.assignment, started, cached=True)
             return Answer(_envelope(data.cached, cached=True, started=started), "cached")
         if data.popular[0]:
             self.snapshot[segment] = data.popular
@@ -138,7 +141,7 @@ class RecommendationService:
         session, session_device = _session(data.session)
         similar = await self._similar(data, session, deadline)
         excluded = self.rules(session, data.user_hidden | exclude)
-        candidates = merge(
+        candidates = merge_columns(
             data.u2i, similar, data.popular, excluded, want=max(3 * k, MIN_CANDIDATES)
         )
         context = Context(
@@ -146,27 +149,30 @@ class RecommendationService:
         )
         reranker = await self._assets(data.versions.u2i)
         categories = self._categories.get(data.versions.u2i or 0, self.categories)
-        order, scores, degraded = await self._rank(
+        order, scores, rows = await self._rank(
             candidates, context, (categories, data.trending), reranker, deadline
         )
+        degraded = rows is None
+        ids, sources = candidates.item_ids, candidates.sources
         items = [
             {
-                "item_id": candidates[i].item_id,
+                "item_id": ids[i],
                 "score": round(float(scores[i]), 6),
-                "sources": _sources(candidates[i].sources),
+                "sources": _sources(sources[i]),
             }
             for i in order[:k]
         ]
-        core = _core(
+        fields = _fields(
             user, items, data.versions, reranker.name, degraded, "deadline" if degraded else None
         )
-        core = _with_variant(core, data.assignment)
+        core = _with_variant(orjson.dumps(fields), data.assignment)
         if not degraded and cacheable:
             self._cache(data, core)
         body = _envelope(core, cached=False, started=started)
-        shown = [candidates[i] for i in order[:k]]
-        shown_from = (context, categories, data.trending)
-        self._impression(core, data.assignment, started, cached=False, shown=(shown, *shown_from))
+        if self._logs_impression():
+            if rows is None:  # degraded: not re-ranked, yet the record carries the features
+                rows = feature_matrix(candidates, context, categories, data.trending)
+            self._impression(core, data.assignment, started, answer=(fields, rows[order[:k]]))
         if data.shadow is not None and not degraded:
             self._start_shadow(data, user, k, (similar, excluded, context), items)
         return Answer(body, "degraded" if degraded else "ok")
@@ -205,12 +211,12 @@ class RecommendationService:
         try:
             u2i = await self._reader.candidates(U2I, version, user)
             want = max(3 * k, MIN_CANDIDATES)
-            candidates = merge(u2i, similar, data.popular, excluded, want=want)
+            candidates = merge_columns(u2i, similar, data.popular, excluded, want=want)
             reranker = await self._assets(version)
             features = (self._categories.get(version, {}), data.trending)
             deadline = time.perf_counter() + self._budget.deadline_ms / 1000
             order, _, _ = await self._rank(candidates, context, features, reranker, deadline)
-            shown = {candidates[i].item_id for i in order[:k]}
+            shown = {candidates.item_ids[i] for i in order[:k]}
             overlap = len(shown & served) / max(1, len(served))
             took_ms = (time.perf_counter() - started) * 1000
             await self._reader.record_shadow(version, overlap, took_ms)
@@ -235,32 +241,37 @@ class RecommendationService:
         request's and user's own (``mine``), and the items an operator hid."""
         return excluding(seen(session, self._seen_types) | mine, self.hidden.items)
 
+    def _logs_impression(self) -> bool:
+        """Whether this answer goes to the impression log (there is one and it samples it)."""
+        return self.impressions is not None and self.impressions.wants()
+
     def _impression(
         self,
         core: bytes,
         assignment: Assignment,
         started: float,
         *,
-        cached: bool,
-        shown: tuple[list[Candidate], Context, dict[str, str], dict[str, float]] | None = None,
+        cached: bool = False,
+        answer: tuple[dict[str, Any], npt.NDArray[np.float32]] | None = None,
     ) -> None:
-        """Offer the answer to the impression log (when there is one and it samples it)."""
-        if self.impressions is None or not self.impressions.wants():
+        """Offer a sampled answer to the impression log (``answer``: its fields and the shown
+        items' feature rows, when the request path has them)."""
+        if self.impressions is None:
             return
         took_ms = (time.perf_counter() - started) * 1000
-        found: Impression = Impression(
-            REQUEST_ID.get() or uuid.uuid4().hex,
-            int(time.time() * 1000),
-            took_ms,
-            cached,
-            core,
-            assignment,
-        )
-        if shown is not None:
-            found = replace(
-                found, shown=shown[0], context=shown[1], categories=shown[2], trending=shown[3]
+        fields, features = answer if answer is not None else (None, None)
+        self.impressions.offer(
+            Impression(
+                REQUEST_ID.get() or uuid.uuid4().hex,
+                int(time.time() * 1000),
+                took_ms,
+                cached,
+                core,
+                assignment,
+                fields,
+                features,
             )
-        self.impressions.offer(found)
+        )
 
     async def _sync_hidden(self, version: str, deadline: float) -> bool:
         """Whether this process's copy of the hidden items is at least as new as ``version``
@@ -362,27 +373,28 @@ class RecommendationService:
 
     async def _rank(
         self,
-        candidates: list[Candidate],
+        candidates: Candidates,
         context: Context,
         trending: tuple[dict[str, str], dict[str, float]],
         reranker: Reranker,
         deadline: float,
-    ) -> tuple[list[int], list[float], bool]:
+    ) -> tuple[list[int], list[float], npt.NDArray[np.float32] | None]:
         """The order and scores of ``candidates`` (``trending``: item categories and trending
-        counts), or batch order when the deadline does not allow re-ranking."""
+        counts) and the feature rows they were scored on, or batch order and None when the
+        deadline does not allow re-ranking."""
         batch_order = list(range(len(candidates)))
-        batch_scores = [c.batch_score for c in candidates]
-        if not candidates:
-            return batch_order, batch_scores, False
+        batch_scores = candidates.batch_scores
+        if not batch_order:
+            return batch_order, batch_scores, np.zeros((0, len(FEATURES)), dtype=np.float32)
         left = deadline - time.perf_counter()
         if getattr(reranker, "inline", False) and left > 0:
-            scores = self._score(reranker, candidates, context, trending)
-            return np.argsort(-scores, kind="stable").tolist(), scores.tolist(), False
+            rows, scores = self._score(reranker, candidates, context, trending)
+            return np.argsort(-scores, kind="stable").tolist(), scores.tolist(), rows
         if left <= 0:
             metrics.DEGRADED.labels("deadline").inc()
-            return batch_order, batch_scores, True
+            return batch_order, batch_scores, None
         try:
-            scores = await asyncio.wait_for(
+            rows, scores = await asyncio.wait_for(
                 asyncio.get_running_loop().run_in_executor(
                     self._executor, self._score, reranker, candidates, context, trending
                 ),
@@ -390,19 +402,20 @@ class RecommendationService:
             )
         except TimeoutError:
             metrics.DEGRADED.labels("deadline").inc()
-            return batch_order, batch_scores, True
+            return batch_order, batch_scores, None
         order = np.argsort(-scores, kind="stable").tolist()
-        return order, scores.tolist(), False
+        return order, scores.tolist(), rows
 
     def _score(
         self,
         reranker: Reranker,
-        candidates: list[Candidate],
+        candidates: Candidates,
         context: Context,
         trending: tuple[dict[str, str], dict[str, float]],
-    ) -> Any:
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         with metrics.RERANK.time():
-            return reranker.score(build_features(candidates, context, *trending))
+            rows = feature_matrix(candidates, context, *trending)
+            return rows, reranker.score(rows)
 
     def _from_snapshot(
         self,
@@ -433,9 +446,10 @@ class RecommendationService:
             for i, s in zip(*popular, strict=True)
             if i not in excluded
         ][:k]
-        core = _core(user, items, Versions(None, None, None), "none", True, "redis unavailable")
-        core = _with_variant(core, Assignment())
-        self._impression(core, Assignment(), started, cached=False)  # shown, so logged too
+        fields = _fields(user, items, Versions(None, None, None), "none", True, "redis unavailable")
+        core = _with_variant(orjson.dumps(fields), Assignment())
+        if self._logs_impression():  # shown, so logged too
+            self._impression(core, Assignment(), started)
         return Answer(_envelope(core, cached=False, started=started), "degraded")
 
     def _cache(self, data: RequestData, core: bytes) -> None:
@@ -465,29 +479,27 @@ def _observe(versions: Versions) -> None:
             metrics.LIVE_VERSION.labels(store).set(version)
 
 
-def _core(
+def _fields(
     user: str,
     items: list[dict[str, Any]],
     versions: Versions,
     reranker: str,
     degraded: bool,
     reason: str | None,
-) -> bytes:
-    return orjson.dumps(
-        {
-            "user_id": user,
-            "items": items,
-            # Version ids exceed 2**53: JSON carries them as strings.
-            "versions": {
-                U2I: version_id(versions.u2i),
-                I2I: version_id(versions.i2i),
-                POPULAR: version_id(versions.popular),
-            },
-            "reranker": reranker,
-            "degraded": degraded,
-            "degraded_reason": reason,
-        }
-    )
+) -> dict[str, Any]:
+    return {
+        "user_id": user,
+        "items": items,
+        # Version ids exceed 2**53: JSON carries them as strings.
+        "versions": {
+            U2I: version_id(versions.u2i),
+            I2I: version_id(versions.i2i),
+            POPULAR: version_id(versions.popular),
+        },
+        "reranker": reranker,
+        "degraded": degraded,
+        "degraded_reason": reason,
+    }
 
 
 def _with_variant(core: bytes, assignment: Assignment) -> bytes:

@@ -23,7 +23,15 @@ from pathlib import Path
 import aiohttp
 import click
 
-from benchmarks.api_bench import SETTLE_S, _quiet, _seed, _start, _step, tiny_model
+from benchmarks.api_bench import (
+    CLIENT_HEADERS,
+    SETTLE_S,
+    _quiet,
+    _seed,
+    _start,
+    _step,
+    tiny_model,
+)
 from benchmarks.common import services
 from tandem.contracts.settings import Settings
 from tandem.contracts.waiting import wait_for
@@ -64,7 +72,7 @@ def summarize(collapsed: str, top: int) -> str:
 
 
 async def _load(url: str, rate: int, seconds: float, users: int, pid: int) -> None:
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers=CLIENT_HEADERS) as session:
         step = await _step(session, url, rate, seconds, users, pid)
     print(
         f"offered {rate} req/s: p50 {step.p50_ms:.1f} ms, p99 {step.p99_ms:.1f} ms, "
@@ -101,6 +109,7 @@ def main(rate: int, seconds: float, users: int, top: int) -> None:
                         "--rate",
                         "250",
                         "--nonblocking",
+                        "--gil",
                         "--duration",
                         str(int(seconds)),
                         "--output",

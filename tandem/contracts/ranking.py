@@ -6,7 +6,7 @@ from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass
 
 from tandem.contracts.domain import EXCLUDED_EVENTS
-from tandem.contracts.features import FROM_I2I, FROM_POPULAR, FROM_U2I, Candidate
+from tandem.contracts.features import FROM_I2I, FROM_POPULAR, FROM_U2I, Candidate, Candidates
 
 MAX_CANDIDATES = 400
 SESSION_SEEDS = 5
@@ -49,24 +49,42 @@ def merge(
     """One list of distinct candidates: user candidates first, then items similar to the
     session's items (``(related_ms, list)`` pairs), then popular items as the fallback, only
     while there are fewer than ``want``."""
-    merged: dict[str, Candidate] = {}
+    return merge_columns(u2i, i2i, popular, excluded, want).rows()
+
+
+def merge_columns(
+    u2i: tuple[list[str], list[float]],
+    i2i: Iterable[tuple[int, tuple[list[str], list[float]]]],
+    popular: tuple[list[str], list[float]],
+    excluded: Container[str],
+    want: int,
+) -> Candidates:
+    """:func:`merge` as columns (the API's hot path: no object per candidate)."""
+    merged = Candidates([], [], [], [], [])
+    at: dict[str, int] = {}  # row of each item in ``merged``
 
     def add(
         ids: Sequence[str], scores: Sequence[float], source: int, related_ms: int, limit: int
     ) -> None:
+        sources, related = merged.sources, merged.related_ms
         for rank, item in enumerate(ids):
-            found = merged.get(item)
+            found = at.get(item)
             if found is not None:
-                found.sources |= source
-                found.related_ms = max(found.related_ms, related_ms)
+                sources[found] |= source
+                related[found] = max(related[found], related_ms)
             elif item not in excluded:
-                if len(merged) >= limit:
+                if len(at) >= limit:
                     return
-                merged[item] = Candidate(item, scores[rank], rank, source, related_ms)
+                at[item] = len(at)
+                merged.item_ids.append(item)
+                merged.batch_scores.append(scores[rank])
+                merged.batch_ranks.append(rank)
+                sources.append(source)
+                related.append(related_ms)
 
     add(*u2i, FROM_U2I, 0, MAX_CANDIDATES)
     for related_ms, (ids, scores) in i2i:
         add(ids, scores, FROM_I2I, related_ms, MAX_CANDIDATES)
-    if len(merged) < want:
+    if len(at) < want:
         add(*popular, FROM_POPULAR, 0, want)
-    return list(merged.values())
+    return merged
