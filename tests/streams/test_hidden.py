@@ -78,4 +78,3 @@ async def test_many_records_apply_in_order(settings: Settings, redis: Redis, key
 
     async with running(settings, WorkerOptions(app_id="hm" + uuid.uuid4().hex[:8])):
         await wait_for(applied, 30, "the hides and unhides, in order")
-
