@@ -120,4 +120,4 @@ async def test_a_long_redis_outage_makes_the_worker_exit_non_zero(
         worker.stop()
     assert code != 0
     log = worker.log_path.read_text()
-    assert "Redis did not take the session mirror for 3 s" in log
+    assert "Redis did not take" in log and "for 3 s" in log  # whichever write gave up first
