@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
@@ -12,6 +14,7 @@ from tandem.contracts import topics
 from tandem.contracts.hidden import encode_hidden
 from tandem.contracts.kafka import make_producer
 from tandem.contracts.settings import Settings
+from tandem.shell import processes
 from tandem.store.keys import Keys
 from tandem.streams.app import WorkerOptions
 from tandem.streams.runner import running
@@ -78,3 +81,24 @@ async def test_many_records_apply_in_order(settings: Settings, redis: Redis, key
 
     async with running(settings, WorkerOptions(app_id="hm" + uuid.uuid4().hex[:8])):
         await wait_for(applied, 30, "the hides and unhides, in order")
+
+
+async def test_a_failing_agent_stops_the_worker(
+    settings: Settings, redis: Redis, keys: Keys, tmp_path: Path
+) -> None:
+    """Faust would restart a failed agent past the record it failed on (so losing it) and the
+    process would live on: the worker stops instead, and exits non-zero. The fault is a real one:
+    the set of hidden items has the wrong type, so every script that changes it fails."""
+    await redis.set(keys.hidden(), b"not a set")
+    item = "f" + uuid.uuid4().hex[:10]
+    options = ["worker", "--app-id", "hf" + uuid.uuid4().hex[:8], "--redis-outage-s", "2"]
+    worker = processes.start("worker", options, settings, tmp_path)
+    try:
+        publish(settings, (item.encode(), encode_hidden(item, True)))
+        code = await asyncio.to_thread(worker.proc.wait, 60)
+    finally:
+        worker.stop()
+        await redis.delete(keys.hidden())
+    assert code != 0
+    log = worker.log_path.read_text()
+    assert "the hidden agent failed" in log and "WRONGTYPE" in log, log[-2000:]
