@@ -75,8 +75,16 @@ def settings_of(ctx: click.Context) -> Settings:
     return settings
 
 
+TEARDOWN_S = 15.0  # how long a process may take to exit once its job has ended
+
+
 def run_until_signal(job: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Run ``job(stop)`` on a new event loop; SIGINT or SIGTERM sets ``stop``."""
+    """Run ``job(stop)`` on a new event loop; SIGINT or SIGTERM sets ``stop``.
+
+    Once the job has ended (stopped, or failed), the process has :data:`TEARDOWN_S` to exit:
+    a client library's task that ignores cancellation or a thread that never returns (a crashed
+    Faust app's can) would otherwise keep it alive and idle. Past that, it dumps every thread's
+    stack to stderr and exits with code 1."""
     import asyncio
     import signal
 
@@ -85,9 +93,36 @@ def run_until_signal(job: Callable[[asyncio.Event], Awaitable[None]]) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await job(stop)
+        try:
+            await job(stop)
+        finally:
+            exit_if_stuck(TEARDOWN_S)
 
     asyncio.run(main())
+
+
+def exit_if_stuck(after_s: float) -> None:
+    """End the process with code 1 if it is still alive ``after_s`` from now (a daemon timer:
+    it never keeps the process alive itself)."""
+    import faulthandler
+    import logging
+    import os
+    import sys
+    import threading
+
+    def stuck() -> None:
+        logging.getLogger(__name__).error(
+            "the process did not exit within %g s of its job's end (a task or thread ignored "
+            "the stop): exiting with code 1; the threads' stacks follow",
+            after_s,
+        )
+        faulthandler.dump_traceback(sys.stderr, all_threads=True)
+        logging.shutdown()
+        os._exit(1)
+
+    timer = threading.Timer(after_s, stuck)
+    timer.daemon = True
+    timer.start()
 
 
 PREFLIGHT_S = 5.0
