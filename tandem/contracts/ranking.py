@@ -58,8 +58,16 @@ def merge_columns(
     popular: tuple[list[str], list[float]],
     excluded: Container[str],
     want: int,
+    *,
+    shortcut: bool = True,
 ) -> Candidates:
-    """:func:`merge` as columns (the API's hot path: no object per candidate)."""
+    """:func:`merge` as columns (the API's hot path: no object per candidate). Without session
+    candidates it takes :func:`_u2i_only` where that applies (``shortcut=False``: never)."""
+    i2i = list(i2i)
+    if shortcut and not i2i:
+        only = _u2i_only(u2i, excluded, want)
+        if only is not None:
+            return only
     merged = Candidates([], [], [], [], [])
     at: dict[str, int] = {}  # row of each item in ``merged``
 
@@ -88,3 +96,28 @@ def merge_columns(
     if len(at) < want:
         add(*popular, FROM_POPULAR, 0, want)
     return merged
+
+
+def _u2i_only(
+    u2i: tuple[list[str], list[float]], excluded: Container[str], want: int
+) -> Candidates | None:
+    """:func:`merge_columns` without session candidates (most requests: a user with no session
+    yet) in a few list operations instead of a Python step per candidate; None where the
+    general loop is needed (a list with repeated ids, or too few left for popular items not to
+    be added)."""
+    ids, scores = u2i
+    if len(set(ids)) != len(ids):
+        return None
+    if isinstance(excluded, set | frozenset) and not excluded:
+        kept = ids[:MAX_CANDIDATES]
+        count = len(kept)
+        ranks = list(range(count))
+        kept_scores = scores[:count]
+    else:
+        ranks = [rank for rank, item in enumerate(ids) if item not in excluded][:MAX_CANDIDATES]
+        count = len(ranks)
+        kept = [ids[rank] for rank in ranks]
+        kept_scores = [scores[rank] for rank in ranks]
+    if count < want:
+        return None
+    return Candidates(kept, kept_scores, ranks, [FROM_U2I] * count, [0] * count)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from concurrent.futures import ThreadPoolExecutor
 from typing import cast
 
@@ -10,6 +11,7 @@ import lightgbm as lgb
 import numpy as np
 
 from tandem.api.reranker import HeuristicReranker, LightGBMReranker, load_reranker
+from tandem.api.rules import excluding
 from tandem.api.service import Budget, RecommendationService
 from tandem.contracts.features import (
     FEATURES,
@@ -20,7 +22,13 @@ from tandem.contracts.features import (
     Context,
     build_features,
 )
-from tandem.contracts.ranking import SessionView, merge
+from tandem.contracts.ranking import (
+    MAX_CANDIDATES,
+    SessionView,
+    _u2i_only,
+    merge,
+    merge_columns,
+)
 from tandem.store.online import OnlineReader
 
 NOW = 1_790_000_000_000
@@ -42,6 +50,29 @@ def test_merge_dedupes_keeps_sources_and_excludes() -> None:
     assert by_id["p"].batch_rank == 1
     enough = merge((["a", "b"], [0.9, 0.8]), [], (["p"], [1.0]), set(), want=2)
     assert [c.item_id for c in enough] == ["a", "b"]  # popular only as a fallback
+
+
+def test_the_merge_without_session_candidates_is_the_general_merge() -> None:
+    """Most requests have no session candidates and take a shortcut: it must merge exactly as
+    the general loop does, exclusions, repeated ids, the cap and the popular fallback included."""
+    rng = random.Random(7)
+    shortcuts = 0
+    for _ in range(3_000):
+        pool = [f"i{n}" for n in range(rng.choice([5, 50, 600]))]
+        ids = [rng.choice(pool) for _ in range(rng.randrange(0, MAX_CANDIDATES + 50))]
+        if rng.random() < 0.7:
+            ids = list(dict.fromkeys(ids))  # batch lists are distinct; some are not
+        u2i = (ids, [rng.random() for _ in ids])
+        popular_ids = [f"p{n}" for n in range(rng.randrange(0, 80))]
+        popular = (popular_ids, [rng.random() for _ in popular_ids])
+        mine = set(rng.sample(pool, rng.randrange(0, 4)))
+        hidden = frozenset(rng.sample(pool, rng.randrange(0, 3)) if rng.random() < 0.5 else [])
+        excluded = excluding(mine, hidden)
+        want = rng.choice([10, 60, 300])
+        merged = merge_columns(u2i, [], popular, excluded, want)
+        assert merged == merge_columns(u2i, [], popular, excluded, want, shortcut=False)
+        shortcuts += _u2i_only(u2i, excluded, want) is not None
+    assert shortcuts > 500  # the shortcut's cases were among them
 
 
 def test_session_view_seeds_and_exclusions() -> None:
