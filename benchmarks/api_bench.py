@@ -270,8 +270,8 @@ async def _seed(settings: Settings, users: int, model: str | None) -> None:
         writer = VersionWriter(redis, keys, store, 1)
         for at in range(0, len(entities), 500):
             rows = []
-            for entity in entities[at : at + 500]:
-                ids = [f"i{rng.randrange(50_000)}" for _ in range(CANDIDATES)]
+            for entity in entities[at : at + 500]:  # lists hold each item once, as a batch does
+                ids = [f"i{n}" for n in rng.sample(range(50_000), CANDIDATES)]
                 rows.append(
                     (entity, encode(ids, sorted((rng.random() for _ in ids), reverse=True)))
                 )

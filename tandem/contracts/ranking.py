@@ -102,22 +102,22 @@ def _u2i_only(
     u2i: tuple[list[str], list[float]], excluded: Container[str], want: int
 ) -> Candidates | None:
     """:func:`merge_columns` without session candidates (most requests: a user with no session
-    yet) in a few list operations instead of a Python step per candidate; None where the
-    general loop is needed (a list with repeated ids, or too few left for popular items not to
-    be added)."""
+    yet) in a few list operations instead of a Python step per candidate; None where popular
+    items have to be added (too few candidates left)."""
     ids, scores = u2i
-    if len(set(ids)) != len(ids):
-        return None
-    if isinstance(excluded, set | frozenset) and not excluded:
-        kept = ids[:MAX_CANDIDATES]
-        count = len(kept)
-        ranks = list(range(count))
-        kept_scores = scores[:count]
+    distinct = len(set(ids)) == len(ids)
+    if distinct and isinstance(excluded, set | frozenset) and not excluded:
+        count = min(len(ids), MAX_CANDIDATES)
+        if count < want:
+            return None
+        kept_ids, kept_scores, ranks = ids[:count], scores[:count], list(range(count))
     else:
-        ranks = [rank for rank, item in enumerate(ids) if item not in excluded][:MAX_CANDIDATES]
+        # An item's first rank: a later repeat only adds its source again, which it has.
+        first = dict(zip(reversed(ids), range(len(ids) - 1, -1, -1), strict=True))
+        every = range(len(ids)) if distinct else sorted(first.values())
+        ranks = [rank for rank in every if ids[rank] not in excluded][:MAX_CANDIDATES]
         count = len(ranks)
-        kept = [ids[rank] for rank in ranks]
-        kept_scores = [scores[rank] for rank in ranks]
-    if count < want:
-        return None
-    return Candidates(kept, kept_scores, ranks, [FROM_U2I] * count, [0] * count)
+        if count < want:
+            return None
+        kept_ids, kept_scores = [ids[rank] for rank in ranks], [scores[rank] for rank in ranks]
+    return Candidates(kept_ids, kept_scores, ranks, [FROM_U2I] * count, [0] * count)
