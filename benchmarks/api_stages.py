@@ -4,9 +4,10 @@ Starts a redis-server of its own, seeds it as ``python -m benchmarks api`` does 
 user, the LightGBM model of the batch stage's size), and calls ``RecommendationService.recommend``
 for ``--requests`` distinct users (no cached answer, no session, no impression log, no HTTP),
 with each stage's CPU time (``time.process_time_ns``) added up. Beside it, the same process times
-the bare handler's Redis work (one ``GET`` of a user's list) and the read's pipeline alone, so
-the stages can be set against what the bare handler pays. The HTTP side is the same code in
-both servers (aiohttp and uvloop); ``python -m benchmarks api`` measures the whole.
+the bare handler's Redis work (one ``GET`` of a user's list) and the read's two scripts alone
+(as ``round_trip`` sends them, and through redis-py's pipeline), so the stages can be set
+against what the bare handler pays. The HTTP side is the same code in both servers (aiohttp and
+uvloop); ``python -m benchmarks api`` measures the whole.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from tandem.api import service
 from tandem.contracts.domain import U2I
 from tandem.contracts.settings import Settings
 from tandem.shell import devservices
-from tandem.store.connect import connect, queue_script
+from tandem.store.connect import Command, connect, round_trip, script
 from tandem.store.hidden import HiddenItems
 from tandem.store.keys import Keys
 from tandem.store.online import OnlineReader
@@ -122,16 +123,28 @@ async def _measure(settings: Settings, users: int, requests: int) -> list[tuple[
             ("bare handler's GET", await _cpu_us(requests, lambda n: redis.get(template % ids[n])))
         )
 
-        async def pipeline(n: int) -> None:
+        def the_scripts(n: int) -> list[Command]:
             user = ids[n]
-            pipe = redis.pipeline(transaction=False)
-            queue_script(pipe, POINTERS, [keys.live(U2I)] * 8)
             user_keys = [keys.epoch(user), keys.cache(user, 20, "any"), keys.session(user)]
             user_keys += [template % user, keys.user_hidden(user)]
-            queue_script(pipe, USER_READ, user_keys, ["0", "1"])
+            return [
+                script(POINTERS, [keys.live(U2I)] * 8),
+                script(USER_READ, user_keys, ["0", "1"]),
+            ]
+
+        async def pipelined(n: int) -> None:
+            pipe = redis.pipeline(transaction=False)
+            for command in the_scripts(n):
+                pipe.execute_command(*command)
             await pipe.execute()
 
-        rows.append(("the read's pipeline alone (2 EVAL)", await _cpu_us(requests, pipeline)))
+        rows.append(
+            (
+                "the read's 2 scripts, round_trip",
+                await _cpu_us(requests, lambda n: round_trip(redis, the_scripts(n))),
+            )
+        )
+        rows.append(("the same, redis-py's pipeline", await _cpu_us(requests, pipelined)))
         return rows
     finally:
         await rec.drain()

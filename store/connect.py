@@ -10,6 +10,8 @@ from urllib.parse import urlsplit
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 from tandem.contracts.settings import Settings
 
@@ -50,3 +52,58 @@ def queue_script(
     """Queue a Lua script on a pipeline (``EVAL``: on a cluster the pipeline sends each command to
     the node of its slot, where ``EVALSHA`` could find the script not loaded)."""
     pipe.eval(script, len(keys), *keys, *args)
+
+
+Command = tuple[Any, ...]
+
+
+def script(source: str, keys: Sequence[str], args: Sequence[Any] = ()) -> Command:
+    """A Lua script as a command of :func:`round_trip` (``EVAL``, as :func:`queue_script`)."""
+    return ("EVAL", source, len(keys), *keys, *args)
+
+
+async def round_trip(redis: Redis, commands: Sequence[Command]) -> list[Any]:
+    """The replies to ``commands`` (each ``(name, *args)``), sent together in one round trip, as
+    the server gives them (no response callbacks: ``ZRANGE … WITHSCORES`` is a flat list).
+
+    On one Redis they go straight to a pooled connection: redis-py's pipeline machinery (command
+    stacks, callbacks, a retry wrapper, a shielded release task) costs about as much client CPU
+    again as the round trip itself. A connection that fails (a restarted Redis leaves the pool's
+    stale) is dropped and the commands sent once more on a fresh one; they must be safe to
+    repeat. A command's error reply is raised once every reply has been read, so the connection
+    goes back to the pool in step. On a cluster, a pipeline sends each command to its slot's node.
+    """
+    if is_cluster(redis):
+        pipe = redis.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        replies: list[Any] = await pipe.execute()
+        return replies
+    pool = redis.connection_pool
+    connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        try:
+            return await _exchange(connection, commands)
+        except RedisConnectionError:
+            await connection.disconnect()
+            return await _exchange(connection, commands)  # connects again
+    except BaseException:
+        await connection.disconnect()  # cancelled or failed halfway: replies may be unread
+        raise
+    finally:
+        await pool.release(connection)
+
+
+async def _exchange(connection: Any, commands: Sequence[Command]) -> list[Any]:
+    await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+    replies: list[Any] = []
+    refused: ResponseError | None = None
+    for _ in commands:
+        try:
+            replies.append(await connection.read_response())
+        except ResponseError as e:  # the other replies are still to be read
+            refused = refused or e
+            replies.append(e)
+    if refused is not None:
+        raise refused
+    return replies

@@ -14,7 +14,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from tandem.contracts.codec import decode
 from tandem.contracts.domain import I2I, POPULAR, U2I
-from tandem.store.connect import queue_script
+from tandem.store.connect import Command, round_trip, script
 from tandem.store.experiments import (
     CANARY,
     CONTROL,
@@ -239,28 +239,29 @@ class OnlineReader:
         version = expected.popular
         popular = EMPTY if version is None else self._shared.popular(version, segment, now)
         trending = self._shared.trending(segment, now)
-        pipe = self._redis.pipeline(transaction=False)
-        queue_script(pipe, POINTERS, self._pointers)
+        commands: list[Command] = [script(POINTERS, self._pointers)]
         # Where a store has no live version there is no entity key to read: the user's epoch
         # stands in (the script reads no candidates then).
         u2i = keys.epoch(user) if expected.u2i is None else keys.entity(U2I, expected.u2i, user)
-        queue_script(
-            pipe,
-            USER_READ,
-            [keys.epoch(user), cache_key, keys.session(user), u2i, keys.user_hidden(user)],
-            [expected.tag(variant), "0" if expected.u2i is None else "1"],
+        commands.append(
+            script(
+                USER_READ,
+                [keys.epoch(user), cache_key, keys.session(user), u2i, keys.user_hidden(user)],
+                [expected.tag(variant), "0" if expected.u2i is None else "1"],
+            )
         )
         if version is not None and popular is None:
-            pipe.get(keys.entity(POPULAR, version, segment))
+            commands.append(("GET", keys.entity(POPULAR, version, segment)))
             if segment != GLOBAL:
-                pipe.get(keys.entity(POPULAR, version, GLOBAL))
+                commands.append(("GET", keys.entity(POPULAR, version, GLOBAL)))
         if trending is None:
-            pipe.zrevrange(keys.trending(segment), 0, TRENDING_TOP - 1, withscores=True)
+            top = TRENDING_TOP - 1
+            commands.append(("ZREVRANGE", keys.trending(segment), 0, top, "WITHSCORES"))
         writes, self._unsent = self._unsent, []
         for key, value, ttl_s in writes:  # answers cached since the last round trip ride along
-            pipe.set(key, value, ex=ttl_s)
+            commands.append(("SET", key, value, "EX", ttl_s))
         try:
-            replies = await pipe.execute()
+            replies = await round_trip(self._redis, commands)
         except ResponseError as e:
             if not writes:
                 raise
@@ -288,10 +289,10 @@ class OnlineReader:
         """The i2i lists of ``items`` in one version (a second round trip, when the session
         has items)."""
         root = self._keys.version_root(I2I, version)
-        pipe = self._redis.pipeline(transaction=False)
-        for item in items:  # one GET each: the items' keys lie in different slots
-            pipe.get(self._keys.entity_unchecked(root, item))
-        raws = await pipe.execute()
+        # One GET each: the items' keys lie in different slots.
+        raws = await round_trip(
+            self._redis, [("GET", self._keys.entity_unchecked(root, item)) for item in items]
+        )
         return [decode(raw) if isinstance(raw, bytes) else None for raw in raws]
 
     async def attachments(self, version: int) -> tuple[bytes | None, dict[str, str]]:
@@ -375,7 +376,11 @@ class _Shared:
         return popular
 
     def keep_trending(self, segment: str, raw: Any, now: float) -> dict[str, float]:
-        """Decode and keep the segment's trending items as read (``ZREVRANGE … WITHSCORES``)."""
+        """Decode and keep the segment's trending items as read (``ZREVRANGE … WITHSCORES``:
+        ``[item, score]`` pairs under RESP3, a flat list of items and scores under RESP2)."""
+        if raw and not isinstance(raw[0], list | tuple):
+            flat = iter(raw)
+            raw = zip(flat, flat, strict=True)
         trending = {_text(item): float(score) for item, score in raw}
         _bounded(self._trending)[segment] = (now, trending)
         return trending
