@@ -79,8 +79,8 @@ def _session(raw: bytes | None) -> tuple[SessionView, str | None]:
     return state.view(), state.device
 
 
-def _sources(mask: int) -> list[str]:
-    return [name for bit, name in SOURCE_NAMES if mask & bit]
+# The sources of each bit mask (three bits): an answer's items share these tuples.
+_SOURCES = tuple(tuple(name for bit, name in SOURCE_NAMES if mask & bit) for mask in range(8))
 
 
 class RecommendationService:
@@ -157,8 +157,8 @@ class RecommendationService:
         items = [
             {
                 "item_id": ids[i],
-                "score": round(float(scores[i]), 6),
-                "sources": _sources(sources[i]),
+                "score": round(scores[i], 6),
+                "sources": _SOURCES[sources[i]],
             }
             for i in order[:k]
         ]
