@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 import numpy.typing as npt
@@ -32,6 +33,7 @@ FEATURES = (
     "trending",
 )
 NO_RECENCY_S = 86_400.0
+_SOURCE_BITS = np.array([FROM_U2I, FROM_I2I, FROM_POPULAR], dtype=np.int64)
 _DEVICE_COLUMNS = {str(device): FEATURES.index(f"device_{device}") for device in KNOWN_DEVICES}
 
 
@@ -122,8 +124,7 @@ def feature_matrix(
     rows[:, 0] = candidates.batch_scores
     rows[:, 1] = candidates.batch_ranks
     sources = np.array(candidates.sources, dtype=np.int64)
-    for column, bit in ((2, FROM_U2I), (3, FROM_I2I), (4, FROM_POPULAR)):
-        rows[:, column] = (sources & bit) != 0
+    rows[:, 2:5] = (sources[:, None] & _SOURCE_BITS) != 0  # from_u2i, from_i2i, from_popular
     ids = candidates.item_ids
     if context.affinity and categories:
         affinity = context.affinity
@@ -131,17 +132,21 @@ def feature_matrix(
             0.0 if (category := categories.get(item)) is None else affinity.get(category, 0.0)
             for item in ids
         ]
-    related_ms = np.array(candidates.related_ms, dtype=np.int64)
-    rows[:, 6] = np.where(
-        related_ms != 0, np.maximum(0.0, (context.now_ms - related_ms) / 1000.0), NO_RECENCY_S
-    )
+    if any(candidates.related_ms):
+        related_ms = np.array(candidates.related_ms, dtype=np.int64)
+        rows[:, 6] = np.where(
+            related_ms != 0, np.maximum(0.0, (context.now_ms - related_ms) / 1000.0), NO_RECENCY_S
+        )
+    else:  # no candidate came from a session item (no session yet, most requests)
+        rows[:, 6] = NO_RECENCY_S
     rows[:, 7] = context.session_events
     device_col = _DEVICE_COLUMNS.get(context.device or "", -1)
     if device_col >= 0:
         rows[:, device_col] = 1.0
     rows[:, 12] = (context.now_ms // 3_600_000) % 24
     if trending:
-        rows[:, 13] = np.log1p([trending.get(item, 0.0) for item in ids])
+        counts = np.fromiter(map(trending.get, ids, repeat(0.0)), dtype=np.float64, count=count)
+        rows[:, 13] = np.log1p(counts)
     return rows
 
 

@@ -103,6 +103,51 @@ def test_features_follow_the_declared_order() -> None:
     assert dict(zip(FEATURES, rows[0], strict=True))["trending"] == np.float32(np.log1p(3.0))
 
 
+def test_feature_rows_match_their_definition_cell_by_cell() -> None:
+    """The column-wise builder (and its shortcuts: no session candidates, no trending) against
+    the features' definitions, one cell at a time, on random candidates and contexts."""
+    rng = random.Random(3)
+    devices = [None, "tv", "mobile", "unknown"]
+    for _ in range(300):
+        size = rng.randrange(0, 40)
+        ids = [f"i{n}" for n in rng.sample(range(100), size)]
+        related = [rng.choice([0, 0, NOW - rng.randrange(0, 10**7)]) for _ in ids]
+        candidates = [
+            Candidate(item, rng.random(), rank, rng.randrange(1, 8), related_ms)
+            for rank, (item, related_ms) in enumerate(zip(ids, related, strict=True))
+        ]
+        categories = {f"i{n}": rng.choice("abc") for n in range(0, 100, 2)}
+        affinity = {c: rng.random() * 5 for c in "ab"} if rng.random() < 0.5 else {}
+        trending = (
+            {f"i{n}": rng.random() * 50 for n in range(0, 100, 3)} if rng.random() < 0.5 else {}
+        )
+        device = rng.choice(devices)
+        context = Context(NOW + rng.randrange(10**8), device, affinity, rng.randrange(0, 9))
+        rows = build_features(candidates, context, categories, trending)
+        assert rows.shape == (size, len(FEATURES))
+        for row, c in zip(rows, candidates, strict=True):
+            cell = dict(zip(FEATURES, row.tolist(), strict=True))
+            category = categories.get(c.item_id)
+            expected = {
+                "batch_score": np.float32(c.batch_score),
+                "batch_rank": c.batch_rank,
+                "from_u2i": float(bool(c.sources & FROM_U2I)),
+                "from_i2i": float(bool(c.sources & FROM_I2I)),
+                "from_popular": float(bool(c.sources & FROM_POPULAR)),
+                "session_affinity": np.float32(affinity.get(category, 0.0) if category else 0.0),
+                "session_recency_s": np.float32(
+                    max(0.0, (context.now_ms - c.related_ms) / 1000) if c.related_ms else 86_400.0
+                ),
+                "session_events": context.session_events,
+                "hour_of_day": (context.now_ms // 3_600_000) % 24,
+                "trending": np.float32(np.log1p(trending.get(c.item_id, 0.0))),
+            }
+            expected.update(
+                {name: float(name == f"device_{device}") for name in FEATURES if "device_" in name}
+            )
+            assert cell == expected
+
+
 def test_heuristic_keeps_popular_only_items_as_fallback() -> None:
     cands = [Candidate("u", 0.2, 5, FROM_U2I), Candidate("p", 1.0, 0, FROM_POPULAR)]
     scores = HeuristicReranker().score(build_features(cands, Context(NOW, None, {}, 0), {}, {}))
