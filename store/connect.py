@@ -46,20 +46,20 @@ def is_cluster(redis: Redis) -> bool:
     return isinstance(redis, RedisCluster)
 
 
-def queue_script(
-    pipe: Pipeline, script: str, keys: Sequence[str], args: Sequence[Any] = ()
-) -> None:
-    """Queue a Lua script on a pipeline (``EVAL``: on a cluster the pipeline sends each command to
-    the node of its slot, where ``EVALSHA`` could find the script not loaded)."""
-    pipe.eval(script, len(keys), *keys, *args)
-
-
 Command = tuple[Any, ...]
 
 
 def script(source: str, keys: Sequence[str], args: Sequence[Any] = ()) -> Command:
-    """A Lua script as a command of :func:`round_trip` (``EVAL``, as :func:`queue_script`)."""
+    """A Lua script as one command (``EVAL``: on a cluster a pipeline sends each command to the
+    node of its slot, where ``EVALSHA`` could find the script not loaded)."""
     return ("EVAL", source, len(keys), *keys, *args)
+
+
+def queue_script(
+    pipe: Pipeline, source: str, keys: Sequence[str], args: Sequence[Any] = ()
+) -> None:
+    """Queue a Lua script (:func:`script`) on a pipeline."""
+    pipe.execute_command(*script(source, keys, args))
 
 
 async def round_trip(redis: Redis, commands: Sequence[Command]) -> list[Any]:

@@ -331,11 +331,8 @@ class OnlineReader:
         writes, self._unsent = self._unsent, []
         if not writes:
             return
-        pipe = self._redis.pipeline(transaction=False)
-        for key, value, ttl_s in writes:
-            pipe.set(key, value, ex=ttl_s)
         try:
-            await pipe.execute()
+            await round_trip(self._redis, [("SET", k, v, "EX", ttl_s) for k, v, ttl_s in writes])
         except (RedisError, OSError) as e:
             log.warning("could not cache %d answer(s): %s", len(writes), e)
 

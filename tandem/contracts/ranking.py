@@ -112,9 +112,9 @@ def _u2i_only(
             return None
         kept_ids, kept_scores, ranks = ids[:count], scores[:count], list(range(count))
     else:
-        # An item's first rank: a later repeat only adds its source again, which it has.
-        first = dict(zip(reversed(ids), range(len(ids) - 1, -1, -1), strict=True))
-        every = range(len(ids)) if distinct else sorted(first.values())
+        every: Sequence[int] = range(len(ids))
+        if not distinct:  # an item's first rank: a repeat only adds the source it already has
+            every = sorted(dict(zip(reversed(ids), reversed(every), strict=True)).values())
         ranks = [rank for rank in every if ids[rank] not in excluded][:MAX_CANDIDATES]
         count = len(ranks)
         if count < want:
